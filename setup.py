@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.6",
     "matplotlib>=3.9",
     "tqdm>=4.66",
+    "tensorboardX>=2.6",
     "psutil>=6.0",
 ]
 

@@ -1,0 +1,37 @@
+"""Evaluation: restore a run's latest checkpoint, run its method's evaluator, write `W/eval/`."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import jax
+import ml_collections
+
+from cxr_jax import parallel
+from cxr_jax.data import pipeline, sources
+from cxr_jax.evaluate import common
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
+    """Evaluates the latest checkpoint; writes `W/eval/metrics.json` (flat, named numbers) and figures."""
+    from cxr_jax.methods import EVALUATORS, METHODS
+
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    method = METHODS[config.method](config)
+    outdir = pathlib.Path(workdir) / "eval"
+    outdir.mkdir(parents=True, exist_ok=True)
+    probe_spec = config.data.eval.copy_and_resolve_references()
+    probe_spec.num_examples = config.batch_size  # Only the shapes matter here.
+    probe = sources.load(probe_spec, image_size=config.image_size, seed=config.seed)
+    batch = next(pipeline.eval_batches({"image": probe["image"]}, batch_size=config.batch_size,
+                                       preprocess=method.preprocess_eval))
+    batch.pop("mask")
+    state, step = common.restore_latest(workdir, method, batch, mesh)
+    result = {"step": float(step), **EVALUATORS[config.method](method, state, mesh, outdir)}
+    if jax.process_index() == 0:
+        clean = {k: (v if math.isfinite(v) else None) for k, v in result.items()}
+        (outdir / "metrics.json").write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
+    return result

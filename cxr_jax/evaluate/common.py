@@ -1,0 +1,43 @@
+"""Shared evaluation helpers: restore the latest state, predict over a whole set on the mesh."""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from cxr_jax import checkpoint, parallel
+from cxr_jax.data import pipeline
+
+
+def restore_latest(workdir: str | pathlib.Path, method, batch: dict, mesh) -> tuple:
+    """The latest checkpoint's state of a run (structure from `method.init` on `batch`)."""
+    ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", read_only=True)
+    step = ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {ckpt.directory}; train first")
+    batch = parallel.from_full(batch, mesh)
+    abstract = jax.eval_shape(method.init, jax.random.key(0), batch)
+    state, _ = ckpt.restore(step, checkpoint.abstract_like(abstract, parallel.replicated(mesh)))
+    ckpt.close()
+    return state, step
+
+
+def predict(fn: Callable, state, examples: dict[str, np.ndarray], *, preprocess, batch_size: int, mesh) -> np.ndarray:
+    """`fn(state, batch)` over every example in order, padding removed; returns NumPy on every host."""
+    jitted = _jit(fn, mesh)
+    outputs = []
+    for batch in pipeline.eval_batches(examples, batch_size=batch_size, preprocess=preprocess):
+        mask = batch.pop("mask") > 0
+        out = jax.device_get(jitted(state, parallel.from_full(batch, mesh)))
+        outputs.append(jax.tree.map(lambda x, m=mask: x[m], out))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+@functools.cache
+def _jit(fn, mesh):
+    return jax.jit(fn, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+                   out_shardings=parallel.replicated(mesh))

@@ -1,0 +1,95 @@
+"""`cxr-jax` command line: parses flags and calls library functions; nothing else lives here.
+
+Each command is an entry in COMMANDS: a function adding its arguments and a function running it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+
+CONFIG_HELP = "config file and variant, e.g. configs/classifier.py:smoke; override keys with --config.a.b=value"
+
+
+def _add_config(parser: argparse.ArgumentParser, workdir: bool = True) -> None:
+    parser.add_argument("--config", required=True, help=CONFIG_HELP)
+    if workdir:
+        parser.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, eval)")
+
+
+def _train(args, config) -> int:
+    from cxr_jax.train import loop
+
+    try:
+        loop.train(config, args.workdir)
+    except loop.Preempted as e:
+        print(e, file=sys.stderr)
+        return 143
+    except loop.NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _evaluate(args, config) -> int:
+    from cxr_jax import evaluate
+
+    result = evaluate.run(config, args.workdir)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _add_bench(parser: argparse.ArgumentParser) -> None:
+    _add_config(parser, workdir=False)
+    parser.add_argument("--out", help="also write the JSON result to this file")
+    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the peak-FLOP/s matmul")
+
+
+def _bench(args, config) -> int:
+    from cxr_jax import bench
+
+    result = bench.run(config, matmul_size=args.matmul_size)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        pathlib.Path(args.out).write_text(text + "\n")
+    return 0
+
+
+# name -> (help, add arguments, run(args, config) -> exit code).
+COMMANDS = {
+    "train": ("train a method; resumes from the latest checkpoint in --workdir", _add_config, _train),
+    "evaluate": ("evaluate the latest checkpoint; writes WORKDIR/eval/metrics.json", _add_config, _evaluate),
+    "bench": ("time a method's compiled train step", _add_bench, _bench),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `cxr-jax` and `python -m cxr_jax`."""
+    parser = argparse.ArgumentParser(prog="cxr-jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text))
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for item in rest:
+        if not item.startswith("--config."):
+            parser.error(f"unrecognized argument {item!r} (config overrides look like --config.a.b=value)")
+        overrides.append(item.removeprefix("--config."))
+
+    from cxr_jax import config as config_lib
+    from cxr_jax import parallel
+
+    parallel.initialize()
+    try:
+        config = config_lib.load(args.config, overrides)
+    except config_lib.ConfigError as e:
+        parser.exit(2, f"cxr-jax {args.command}: config error: {e}\n")
+    return COMMANDS[args.command][2](args, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

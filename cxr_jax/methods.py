@@ -1,0 +1,14 @@
+"""The methods a config's `method` key selects: a trainer class and an evaluator for each."""
+
+from cxr_jax.evaluate import classifier as classifier_eval
+from cxr_jax.train import classifier
+
+# name -> class built from the config, with train_data(), init(rng, batch), train_step(state, batch).
+METHODS = {
+    "classifier": classifier.Classifier,
+}
+
+# name -> evaluate(method, state, mesh, outdir) -> {metric name: number}, figures written to outdir.
+EVALUATORS = {
+    "classifier": classifier_eval.evaluate,
+}

@@ -1,0 +1,81 @@
+"""Mesh, shardings and multi-host set-up: data parallelism as `jax.jit` over a named 'data' axis.
+
+Every host runs the same program on global `jax.Array`s. Batches are sharded along their leading axis over
+the 'data' mesh axis, which spans all devices of all hosts; parameters and optimizer state are replicated.
+XLA inserts the cross-device reductions (gradient means, BatchNorm statistics) that `pmap` code wrote by hand.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+# Environment variables that ask for `jax.distributed.initialize`. With CXR_JAX_DISTRIBUTED=1 JAX detects
+# the cluster itself (TPU pod, SLURM, Open MPI); JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES +
+# JAX_PROCESS_ID set it up explicitly (what launch/multiprocess.py does for local CPU processes).
+_ENV_AUTO = "CXR_JAX_DISTRIBUTED"
+_ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+
+
+def initialize() -> None:
+    """Calls `jax.distributed.initialize` when launched multi-host; a no-op otherwise."""
+    if os.environ.get(_ENV_COORDINATOR):
+        jax.distributed.initialize(
+            coordinator_address=os.environ[_ENV_COORDINATOR],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    elif os.environ.get(_ENV_AUTO) == "1":
+        jax.distributed.initialize()
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh named 'data' over every device of every host."""
+    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), devices=jax.devices())
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding of parameters and optimizer state: a full copy on every device."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a batch: leading axis split over 'data'."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(global_batch: int, mesh: Mesh) -> None:
+    """A global batch must split evenly over the devices and hosts."""
+    devices, hosts = mesh.devices.size, jax.process_count()
+    if global_batch % devices or global_batch % hosts:
+        raise ValueError(f"batch_size={global_batch} does not divide evenly over {devices} devices "
+                         f"({hosts} hosts); use a multiple of {devices}")
+
+
+def host_rows(global_batch: int, mesh: Mesh) -> tuple[int, int]:
+    """The [start, stop) rows of a global batch that this host feeds, as the batch sharding lays them out."""
+    sharding = batch_sharding(mesh)
+    index_map = sharding.addressable_devices_indices_map((global_batch,))
+    starts = [idx[0].start or 0 for idx in index_map.values()]
+    stops = [global_batch if idx[0].stop is None else idx[0].stop for idx in index_map.values()]
+    start, stop = min(starts), max(stops)
+    if stop - start != global_batch // jax.process_count():
+        raise ValueError("this host's devices do not hold one contiguous block of the batch")
+    return start, stop
+
+
+def to_global(local_batch, mesh: Mesh):
+    """Host-local rows (as `host_rows` gives them) → global arrays sharded over 'data'."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def from_full(batch, mesh: Mesh):
+    """A batch that every host holds in full (e.g. an eval batch) → global arrays sharded over 'data'."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]), batch)

@@ -1,0 +1,183 @@
+"""The one training loop every method runs on.
+
+A method object supplies `train_data()`, `init(rng, batch)` and `train_step(state, batch)`. The loop owns the
+rest: mesh, sharded init, the compiled and donated step, the input position, checkpoints, metrics,
+non-finite checks and SIGTERM. Metrics stay on device between log points so dispatch runs ahead of compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from cxr_jax import checkpoint, parallel
+from cxr_jax import config as config_lib
+from cxr_jax.data import pipeline
+from cxr_jax.metrics import MetricWriter
+from cxr_jax.methods import METHODS
+from cxr_jax.train.state import TrainState
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or gradient norm became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Setup:
+    """What `train`, `evaluate` and `bench` share: the method, the mesh, the data and compiled functions."""
+
+    method: Any
+    mesh: jax.sharding.Mesh
+    batches: Any  # Iterator of global batches from `start_step` on.
+    first_batch: dict
+    init_fn: Any
+    step_fn: Any
+    abstract_state: Any
+
+
+def setup(config: ml_collections.ConfigDict, start_step: int = 0) -> Setup:
+    """Builds the method, mesh, input iterator and the jitted init and train step."""
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    method = METHODS[config.method](config)
+    examples, preprocess = method.train_data()
+    batches = pipeline.train_iterator(examples, preprocess=preprocess, global_batch=config.batch_size,
+                                      seed=config.seed, start_step=start_step, mesh=mesh,
+                                      prefetch=config.data.prefetch)
+    first = next(batches)
+    replicated = parallel.replicated(mesh)
+    rng = jax.random.key(config.seed)
+    abstract = checkpoint.abstract_like(jax.eval_shape(method.init, rng, first), replicated)
+    init_fn = jax.jit(method.init, out_shardings=replicated)
+    step_fn = jax.jit(method.train_step, in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                      out_shardings=(replicated, replicated), donate_argnums=0)
+    return Setup(method, mesh, _chain(first, batches), first, init_fn, step_fn, abstract)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainState:
+    """Trains until `config.train.num_steps`, resuming from the latest checkpoint in `workdir`."""
+    workdir = pathlib.Path(workdir)
+    lead = jax.process_index() == 0
+    if lead:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config_lib.to_json(config))
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+    start_step = ckpt.latest_step() or 0
+    s = setup(config, start_step)
+    state = _initial_state(config, s, ckpt, start_step)
+    t0 = time.perf_counter()
+    step_fn = s.step_fn.lower(state, s.first_batch).compile()
+    compile_time = time.perf_counter() - t0
+    writer = MetricWriter(workdir, start_step=start_step, num_steps=config.train.num_steps, enabled=lead)
+    stop = _SigtermFlag()
+    pending: list[tuple[int, dict]] = []
+    last_flush, last_flush_step = time.perf_counter(), start_step
+    try:
+        for step in range(start_step + 1, config.train.num_steps + 1):
+            state, metrics = step_fn(state, next(s.batches))
+            pending.append((step, metrics))
+            stopping = stop.is_set(step, config)
+            save = step % config.train.checkpoint_every == 0 or step == config.train.num_steps or stopping
+            if save or step % config.train.log_every == 0:
+                now = time.perf_counter()
+                timing = {"step_time": (now - last_flush) / (step - last_flush_step),
+                          "examples_per_sec": config.batch_size * (step - last_flush_step) / (now - last_flush),
+                          "compile_time": compile_time}
+                _flush(pending, writer, config, timing, ckpt)
+                pending, last_flush, last_flush_step = [], now, step
+            if save:
+                ckpt.save(step, state, _meta(step, config))
+            if stopping:
+                ckpt.wait()
+                raise Preempted(step)
+    finally:
+        stop.restore()
+        writer.close()
+        ckpt.close()
+    return state
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint at `step` was saved. Rerunning the same command resumes."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped by SIGTERM after step {step}; checkpoint saved, rerun the same command "
+                         "to resume")
+        self.step = step
+
+
+def _initial_state(config, s: Setup, ckpt: checkpoint.Checkpointer, start_step: int):
+    """Resumes from this run's checkpoint, or initialises (optionally from another run's params)."""
+    if start_step:
+        state, meta = ckpt.restore(start_step, s.abstract_state)
+        if meta["batch_size"] != config.batch_size or meta["seed"] != config.seed:
+            raise ValueError(f"{ckpt.directory}: checkpoint was written with batch_size={meta['batch_size']}, "
+                             f"seed={meta['seed']}; resuming with batch_size={config.batch_size}, "
+                             f"seed={config.seed} would change the input order")
+        return state
+    state = s.init_fn(jax.random.key(config.seed), s.first_batch)
+    if config.init_from:
+        other = checkpoint.Checkpointer(pathlib.Path(config.init_from) / "checkpoints", read_only=True)
+        step = other.latest_step()
+        if step is None:
+            raise ValueError(f"init_from={config.init_from!r}: no checkpoint under {other.directory}")
+        source, _ = other.restore(step, s.abstract_state)
+        state = state.replace(params=source.params, model_state=source.model_state)
+        other.close()
+    return state
+
+
+def _flush(pending, writer: MetricWriter, config, timing: dict, ckpt: checkpoint.Checkpointer) -> None:
+    """Fetches pending metrics, stops on non-finite values, logs the log steps."""
+    for step, metrics in jax.device_get(pending):
+        for key, value in metrics.items():
+            if (key.endswith("loss") or key.endswith("grad_norm")) and not np.all(np.isfinite(value)):
+                raise NonFiniteError(f"{key} = {value} at step {step}; stopping. The last good checkpoint "
+                                     f"(step {ckpt.latest_step()}) is kept under {ckpt.directory}")
+        if step % config.train.log_every == 0 or step == config.train.num_steps:
+            writer.write(step, {**metrics, **timing})
+
+
+def _meta(step: int, config) -> dict[str, Any]:
+    """The input position: the stream is a function of (seed, batch_size, step) only."""
+    return {"step": step, "batch_size": config.batch_size, "seed": config.seed,
+            "examples_seen": step * config.batch_size}
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop checks, so it can save before exiting."""
+
+    def __init__(self):
+        self._set = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self._set = True
+
+    def is_set(self, step: int, config) -> bool:
+        """Whether to stop after `step`; with several hosts they agree at log points."""
+        if jax.process_count() == 1:
+            return self._set
+        if step % config.train.log_every:
+            return False
+        flags = multihost_utils.process_allgather(np.asarray(self._set))
+        return bool(np.any(flags))
+
+    def restore(self) -> None:
+        """Reinstates the previous handler."""
+        signal.signal(signal.SIGTERM, self._previous)
+
