@@ -88,7 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_lib.load(args.config, overrides)
     except config_lib.ConfigError as e:
         parser.exit(2, f"cxr-jax {args.command}: config error: {e}\n")
-    return COMMANDS[args.command][2](args, config)
+    from cxr_jax.data.sources import DataError
+
+    try:
+        return COMMANDS[args.command][2](args, config)
+    except (config_lib.ConfigError, DataError) as e:
+        parser.exit(2, f"cxr-jax {args.command}: error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ def check_batch_size(global_batch: int, mesh: Mesh) -> None:
     """A global batch must split evenly over the devices and hosts."""
     devices, hosts = mesh.devices.size, jax.process_count()
     if global_batch % devices or global_batch % hosts:
-        raise ValueError(f"batch_size={global_batch} does not divide evenly over {devices} devices "
+        from cxr_jax.config import ConfigError
+
+        raise ConfigError(f"batch_size={global_batch} does not divide evenly over {devices} devices "
                          f"({hosts} hosts); use a multiple of {devices}")
 
 

@@ -1,0 +1,75 @@
+"""Shared test helpers: paths, CLI subprocesses, restoring a run's final state."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SMOKE = f"{ROOT / 'configs' / 'classifier.py'}:smoke"
+
+
+def shared_dir(name: str) -> pathlib.Path:
+    """A set under ../shared/data, or skip the test with the reason."""
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (the real CXR sets live in ../shared/data beside the project)")
+    return path
+
+
+def cli_env(devices: int = 1) -> dict[str, str]:
+    """Environment of a CLI subprocess with `devices` simulated CPU devices."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "CXR_JAX_DISTRIBUTED"):
+        env.pop(key, None)
+    return env
+
+
+def run_cli(*args: str, devices: int = 1, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs `python -m cxr_jax ARGS` in a fresh process (its own JAX device count)."""
+    proc = subprocess.run([sys.executable, "-m", "cxr_jax", *args], env=cli_env(devices), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cxr-jax {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def final_state(spec: str, workdir: pathlib.Path, overrides=()):
+    """The latest checkpointed TrainState of a run, as NumPy."""
+    import jax
+
+    from cxr_jax import config as config_lib
+    from cxr_jax import parallel
+    from cxr_jax.evaluate import common
+    from cxr_jax.methods import METHODS
+
+    config = config_lib.load(spec, overrides)
+    method = METHODS[config.method](config)
+    size = config.image_size
+    batch = {"image": np.zeros((config.batch_size, size, size, 1), np.float32),
+             "label": np.zeros((config.batch_size,), np.int32)}
+    state, step = common.restore_latest(workdir, method, batch, parallel.make_mesh())
+    return jax.device_get(state), step
+
+
+def assert_trees_equal(a, b, rtol: float = 0.0, atol: float = 0.0) -> None:
+    """Leaf-wise comparison; exact unless tolerances are given."""
+    import jax
+
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b):
+        if rtol == atol == 0.0:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        else:
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)

@@ -1,0 +1,90 @@
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr_jax.data import phantom, sources
+from tests.conftest import shared_dir
+
+
+def _spec(source, path=None, split="train", num_examples=0):
+    return ml_collections.ConfigDict(dict(source=source, path=path, split=split, num_examples=num_examples))
+
+
+def _write_nih(root, rows, header="image,split,abnormal"):
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = [header] + [",".join(r) for r in rows]
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+
+
+def _png(path, mode="L", size=(8, 6)):
+    Image.new(mode, size, 128).save(path)
+
+
+def test_nih1000_fixture_loads_and_pads_to_square(tmp_path):
+    _write_nih(tmp_path, [("images/a.png", "train", "1"), ("images/b.png", "train", "0"),
+                          ("images/c.png", "valid", "0")])
+    for name in "abc":
+        _png(tmp_path / "images" / f"{name}.png")
+    data = sources.load(_spec("nih1000", str(tmp_path)), image_size=16, seed=0)
+    assert data["image"].shape == (2, 16, 16, 1) and data["image"].dtype == np.uint8
+    np.testing.assert_array_equal(data["label"], [1, 0])
+    # 8×6 padded to 8×8 → one zero row top and bottom before the resize.
+    assert data["image"][0, 0, 8, 0] < 128 and data["image"][0, 8, 8, 0] == 128
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("missing_column", "missing required column"),
+    ("missing_file", "image file is missing"),
+    ("rgb", "expected an 8-bit grayscale image"),
+    ("corrupt", "cannot decode image"),
+    ("bad_label", "abnormal must be 0 or 1"),
+    ("no_rows", "no rows with split"),
+])
+def test_nih1000_bad_input_names_the_file(tmp_path, problem, message):
+    header = "image,split" if problem == "missing_column" else "image,split,abnormal"
+    label = "2" if problem == "bad_label" else "1"
+    split = "valid" if problem == "no_rows" else "train"
+    _write_nih(tmp_path, [("images/a.png", split, label)], header=header)
+    if problem == "rgb":
+        _png(tmp_path / "images" / "a.png", mode="RGB")
+    elif problem == "corrupt":
+        (tmp_path / "images" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    elif problem != "missing_file":
+        _png(tmp_path / "images" / "a.png")
+    with pytest.raises(sources.DataError, match=message) as info:
+        sources.load(_spec("nih1000", str(tmp_path)), image_size=8, seed=0)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_unknown_source_and_missing_path():
+    with pytest.raises(sources.DataError, match="unknown data source 'mimic'"):
+        sources.load(_spec("mimic"), image_size=8, seed=0)
+    with pytest.raises(sources.DataError, match="needs data.<split>.path"):
+        sources.load(_spec("nih1000"), image_size=8, seed=0)
+
+
+def test_nih1000_shared_copy():
+    root = shared_dir("nih1000")
+    data = sources.load(_spec("nih1000", str(root), split="valid"), image_size=64, seed=0)
+    assert data["image"].shape[1:] == (64, 64, 1)
+    assert 0.3 < data["label"].mean() < 0.7  # The README says balanced.
+
+
+def test_phantom_is_deterministic_and_lesions_sit_in_abnormal_images():
+    a = phantom.generate(12, image_size=32, seed=5)
+    b = phantom.generate(12, image_size=32, seed=5)
+    np.testing.assert_array_equal(a["image"], b["image"])
+    has_lesion = a["lesion_mask"].reshape(12, -1).any(1)
+    np.testing.assert_array_equal(has_lesion, a["label"] == 1)
+    assert 0 < a["label"].sum() < 12
+    # Each image depends only on (seed, index): a prefix is reproduced by a smaller draw.
+    np.testing.assert_array_equal(phantom.generate(3, image_size=32, seed=5)["image"], a["image"][:3])
+
+
+def test_phantom_splits_differ():
+    train = sources.load(_spec("phantom", num_examples=4), image_size=32, seed=0)
+    valid = sources.load(_spec("phantom", split="valid", num_examples=4), image_size=32, seed=0)
+    assert not np.array_equal(train["image"], valid["image"])
+    with pytest.raises(sources.DataError, match="num_examples > 0"):
+        sources.load(_spec("phantom"), image_size=32, seed=0)

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from cxr_jax import config as config_lib
+from tests.conftest import ROOT
+
+VARIANTS = {"classifier": ["smoke", "demo", "nih1000", "paper"]}
+
+
+@pytest.mark.parametrize("method,variant", [(m, v) for m, vs in VARIANTS.items() for v in vs])
+def test_every_variant_loads_and_validates(method, variant):
+    config = config_lib.load(f"{ROOT / 'configs' / method}.py:{variant}")
+    assert config.method == method
+    for key in config_lib.COMMON_KEYS:
+        config_lib.get(config, key)
+
+
+def test_every_config_file_is_listed():
+    files = {p.stem for p in (ROOT / "configs").glob("*.py")} - {"__init__", "common"}
+    assert files == set(VARIANTS)
+
+
+def test_overrides_convert_to_the_key_type():
+    config = config_lib.load(f"{ROOT}/configs/classifier.py:smoke",
+                             ["train.num_steps=7", "optim.learning_rate=1", "mixed_precision=true",
+                              "data.train.path=/x", "model.stage_sizes=(2, 2)", "init_from=/runs/a"])
+    assert config.train.num_steps == 7
+    assert config.optim.learning_rate == 1.0 and isinstance(config.optim.learning_rate, float)
+    assert config.mixed_precision is True
+    assert config.data.train.path == "/x"
+    assert config.model.stage_sizes == (2, 2)
+    assert config.init_from == "/runs/a"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.num_step=3", "did you mean 'train.num_steps'"),
+    ("nonsense=3", "unknown config key 'nonsense'"),
+    ("train.num_steps=1e3", "expects int"),
+    ("train.num_steps=abc", "expects int"),
+    ("mixed_precision=maybe", "is a bool"),
+    ("train=3", "is a group"),
+    ("batch_size", "not of the form key=value"),
+    ("batch_size=0", "must be positive"),
+])
+def test_bad_overrides_fail_clearly(override, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.load(f"{ROOT}/configs/classifier.py:smoke", [override])
+
+
+def test_missing_file_and_unknown_variant():
+    with pytest.raises(config_lib.ConfigError, match="does not exist"):
+        config_lib.load("configs/nope.py:smoke")
+    with pytest.raises(ValueError, match="unknown classifier variant"):
+        config_lib.load(f"{ROOT}/configs/classifier.py:large")
+
+
+def test_json_round_trip():
+    config = config_lib.load(f"{ROOT}/configs/classifier.py:smoke")
+    data = json.loads(config_lib.to_json(config))
+    assert data["train"]["num_steps"] == config.train.num_steps
+    assert data["data"]["train"]["path"] is None

@@ -1,0 +1,92 @@
+"""The shared loop in this process (one CPU device)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cxr_jax import checkpoint, config as config_lib, metrics
+from cxr_jax.train import classifier, loop
+from tests.conftest import SMOKE, assert_trees_equal, final_state
+
+
+def _train(workdir, *overrides):
+    config = config_lib.load(SMOKE, overrides)
+    return loop.train(config, workdir)
+
+
+def test_two_identical_runs_log_identical_losses_and_params(tmp_path):
+    a = _train(tmp_path / "a")
+    b = _train(tmp_path / "b")
+    log_a, log_b = metrics.read_jsonl(tmp_path / "a/metrics.jsonl"), metrics.read_jsonl(tmp_path / "b/metrics.jsonl")
+    assert [r["step"] for r in log_a] == [2, 4, 6]
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+    for key in ("loss", "accuracy", "learning_rate", "grad_norm", "param_norm", "examples_per_sec", "step_time"):
+        assert key in log_a[0]
+    assert_trees_equal(jax.device_get(a.params), jax.device_get(b.params))
+    assert (tmp_path / "a/config.json").is_file()
+    assert list((tmp_path / "a/tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_loss_decreases_on_the_phantom(tmp_path):
+    _train(tmp_path, "train.num_steps=60", "train.log_every=10", "train.checkpoint_every=60")
+    losses = [r["loss"] for r in metrics.read_jsonl(tmp_path / "metrics.jsonl")]
+    assert np.mean(losses[-2:]) < losses[0]
+
+
+def test_step_is_traced_once(tmp_path, monkeypatch):
+    traced = chex.assert_max_traces(classifier.Classifier.train_step, n=1)
+    monkeypatch.setattr(classifier.Classifier, "train_step", traced)
+    _train(tmp_path)
+    # Also under plain jit, called on many batches: no retrace.
+    chex.clear_trace_counter()
+    config = config_lib.load(SMOKE)
+    s = loop.setup(config)
+    state = s.init_fn(jax.random.key(0), s.first_batch)
+    for _ in range(4):
+        state, _ = s.step_fn(state, next(s.batches))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    original = classifier.Classifier.train_step
+
+    def poisoned(self, state, batch):
+        new_state, m = original(self, state, batch)
+        return new_state, {**m, "loss": jnp.where(state.step >= 4, jnp.nan, m["loss"])}
+
+    monkeypatch.setattr(classifier.Classifier, "train_step", poisoned)
+    with pytest.raises(loop.NonFiniteError, match="loss = nan at step 5.*last good checkpoint \\(step 4\\)"):
+        _train(tmp_path, "train.num_steps=8", "train.checkpoint_every=2", "train.log_every=4")
+    assert checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step() == 4
+
+
+def test_init_from_starts_from_another_runs_params(tmp_path):
+    source = _train(tmp_path / "source")
+    # With a zero learning rate the params stay what init_from loaded.
+    result = _train(tmp_path / "target", f"init_from={tmp_path / 'source'}", "optim.learning_rate=0.0",
+                    "optim.weight_decay=0.0")
+    assert_trees_equal(jax.device_get(result.params), jax.device_get(source.params))
+    assert int(result.step) == config_lib.load(SMOKE).train.num_steps
+    with pytest.raises(ValueError, match="no checkpoint under"):
+        _train(tmp_path / "other", f"init_from={tmp_path / 'missing'}")
+
+
+def test_mixed_precision_keeps_fp32_params_and_matches_fp32_loss(tmp_path):
+    state = _train(tmp_path / "bf16", "mixed_precision=true")
+    for leaf in jax.tree.leaves((state.params, state.opt_state)):
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            assert leaf.dtype == jnp.float32
+    _train(tmp_path / "fp32")
+    bf16 = metrics.read_jsonl(tmp_path / "bf16/metrics.jsonl")[0]["loss"]
+    fp32 = metrics.read_jsonl(tmp_path / "fp32/metrics.jsonl")[0]["loss"]
+    assert bf16 != fp32 and abs(bf16 - fp32) < 0.05 * abs(fp32)
+
+
+def test_resume_after_finish_restores_and_does_nothing(tmp_path):
+    first = _train(tmp_path)
+    again = _train(tmp_path)
+    assert_trees_equal(jax.device_get(first.params), jax.device_get(again.params))
+    state, step = final_state(SMOKE, tmp_path)
+    assert step == 6
+    assert_trees_equal(state.params, jax.device_get(first.params))
