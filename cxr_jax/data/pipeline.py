@@ -9,17 +9,13 @@ number of hosts or devices.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+import jax
+import numpy as np
+import tensorflow as tf
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from cxr_jax import parallel  # noqa: E402
+from cxr_jax import parallel
 
 Example = dict[str, tf.Tensor]
 Preprocess = Callable[[Example], Example]

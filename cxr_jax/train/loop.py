@@ -43,11 +43,12 @@ class Setup:
     abstract_state: Any
 
 
-def setup(config: ml_collections.ConfigDict, start_step: int = 0) -> Setup:
-    """Builds the method, mesh, input iterator and the jitted init and train step."""
-    mesh = parallel.make_mesh()
+def setup(config: ml_collections.ConfigDict, start_step: int = 0, *, mesh: jax.sharding.Mesh | None = None,
+          method: Any = None) -> Setup:
+    """Builds the method, mesh (default: all devices), input iterator and the jitted init and train step."""
+    mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    method = METHODS[config.method](config)
+    method = method or METHODS[config.method](config)
     examples, preprocess = method.train_data()
     batches = pipeline.train_iterator(examples, preprocess=preprocess, global_batch=config.batch_size,
                                       seed=config.seed, start_step=start_step, mesh=mesh,
