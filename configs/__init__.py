@@ -1,0 +1,1 @@
+"""Config files, one per method: `get_config(variant)`."""

@@ -1,0 +1,1 @@
+"""Launchers: local, TPU pod, SLURM, and N local CPU processes."""

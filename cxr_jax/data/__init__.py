@@ -1,0 +1,1 @@
+"""Data sources, the embedded phantom and tf.data pipelines."""

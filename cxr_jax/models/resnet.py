@@ -23,6 +23,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
+        """NHWC in, NHWC out (spatially / strides)."""
         norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype)
         residual = x
@@ -43,6 +44,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
+        """NHWC in, NHWC out with 4 × features channels."""
         norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype)
         residual = x
@@ -68,6 +70,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        """Images NHWC → logits [B, num_classes], or pooled features when num_classes is 0."""
         block = BLOCKS[self.block]
         x = nn.Conv(self.width, (7, 7), 2, padding=3, use_bias=False, dtype=self.dtype, name="conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,

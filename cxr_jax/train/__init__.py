@@ -1,0 +1,1 @@
+"""The shared training loop and per-method step functions."""

@@ -21,8 +21,8 @@ from jax.experimental import multihost_utils
 from cxr_jax import checkpoint, parallel
 from cxr_jax import config as config_lib
 from cxr_jax.data import pipeline
-from cxr_jax.metrics import MetricWriter
 from cxr_jax.methods import METHODS
+from cxr_jax.metrics import MetricWriter
 from cxr_jax.train.state import TrainState
 
 

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cxr_jax import checkpoint, config as config_lib, metrics
+from cxr_jax import checkpoint, metrics
+from cxr_jax import config as config_lib
 from cxr_jax.train import classifier, loop
 from tests.conftest import SMOKE, assert_trees_equal, final_state
 

@@ -1,0 +1,46 @@
+"""The `cxr-jax` command end to end (subprocesses, as a user runs it)."""
+
+import json
+
+from tests.conftest import SMOKE, run_cli
+
+
+def test_train_evaluate_bench(tmp_path):
+    run_cli("train", "--config", SMOKE, "--workdir", str(tmp_path), "--config.train.num_steps=4")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["train"]["num_steps"] == 4 and config["method"] == "classifier"
+
+    proc = run_cli("evaluate", "--config", SMOKE, "--workdir", str(tmp_path))
+    result = json.loads((tmp_path / "eval/metrics.json").read_text())
+    assert json.loads(proc.stdout) == result
+    assert result["step"] == 4 and result["num_examples"] == 32
+    assert all(isinstance(v, (int, float)) for v in result.values())  # Flat, named numbers.
+    assert 0.0 <= result["auc"] <= 1.0
+    assert (tmp_path / "eval/roc.png").stat().st_size > 1000
+
+    out = tmp_path / "bench.json"
+    run_cli("bench", "--config", SMOKE, "--out", str(out), "--matmul-size", "256")
+    bench = json.loads(out.read_text())
+    for key in ("step_time_median_s", "examples_per_sec", "compile_time_s", "flops_per_step",
+                "achieved_flops_per_sec", "fraction_of_peak", "peak_host_memory_mb"):
+        assert bench[key] > 0, key
+    assert bench["examples_per_sec"] == bench["batch_size"] / bench["step_time_median_s"]
+
+
+def test_config_errors_are_clear(tmp_path):
+    proc = run_cli("train", "--config", SMOKE, "--workdir", str(tmp_path), "--config.train.num_step=3", check=False)
+    assert proc.returncode == 2 and "did you mean 'train.num_steps'" in proc.stderr
+    proc = run_cli("train", "--config", SMOKE, "--workdir", str(tmp_path), "--steps=3", check=False)
+    assert proc.returncode == 2 and "unrecognized argument '--steps=3'" in proc.stderr
+
+
+def test_data_errors_are_clear(tmp_path):
+    proc = run_cli("train", "--config", SMOKE, "--workdir", str(tmp_path), "--config.data.train.source=nih1000",
+                   f"--config.data.train.path={tmp_path / 'nowhere'}", check=False)
+    assert proc.returncode == 2 and "nowhere: not a directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_without_checkpoint_is_clear(tmp_path):
+    proc = run_cli("evaluate", "--config", SMOKE, "--workdir", str(tmp_path), check=False)
+    assert proc.returncode != 0 and "no checkpoint under" in proc.stderr
