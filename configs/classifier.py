@@ -53,9 +53,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.train.log_every = 20
         c.train.checkpoint_every = 100
     elif arg == "nih1000":
-        c.data.train.source = c.data.eval.source = "nih1000"
-        c.data.train.path = c.data.eval.path = "../shared/data/nih1000"
-        c.data.train.num_examples = c.data.eval.num_examples = 0
+        _use_nih1000(c)
         c.train.num_steps = 600
         c.train.log_every = 20
         c.train.checkpoint_every = 200
@@ -66,12 +64,17 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.model.width = 64
         c.optim.learning_rate = 1e-4
         c.optim.warmup_steps = 500
-        c.data.train.source = c.data.eval.source = "nih1000"
-        c.data.train.path = c.data.eval.path = "../shared/data/nih1000"
-        c.data.train.num_examples = c.data.eval.num_examples = 0
+        _use_nih1000(c)
         c.train.num_steps = 20000
         c.train.log_every = 100
         c.train.checkpoint_every = 1000
     else:
         raise ValueError(f"unknown classifier variant {arg!r}; expected smoke, demo, nih1000 or paper")
     return c
+
+
+def _use_nih1000(c: ml_collections.ConfigDict) -> None:
+    """Train on nih1000's train split, evaluate on its valid split (paths relative to the project root)."""
+    c.data.train.source = c.data.eval.source = "nih1000"
+    c.data.train.path = c.data.eval.path = "../shared/data/nih1000"
+    c.data.train.num_examples = c.data.eval.num_examples = 0

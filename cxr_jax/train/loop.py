@@ -77,6 +77,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     t0 = time.perf_counter()
     step_fn = s.step_fn.lower(state, s.first_batch).compile()
     compile_time = time.perf_counter() - t0
+    jax.block_until_ready(state)
     writer = MetricWriter(workdir, start_step=start_step, num_steps=config.train.num_steps, enabled=lead)
     stop = _SigtermFlag()
     pending: list[tuple[int, dict]] = []
@@ -88,11 +89,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
             stopping = stop.is_set(step, config)
             save = step % config.train.checkpoint_every == 0 or step == config.train.num_steps or stopping
             if save or step % config.train.log_every == 0:
+                fetched = jax.device_get(pending)  # Waits for the steps to finish: timing is honest.
                 now = time.perf_counter()
                 timing = {"step_time": (now - last_flush) / (step - last_flush_step),
                           "examples_per_sec": config.batch_size * (step - last_flush_step) / (now - last_flush),
                           "compile_time": compile_time}
-                _flush(pending, writer, config, timing, ckpt)
+                _flush(fetched, writer, config, timing, ckpt)
                 pending, last_flush, last_flush_step = [], now, step
             if save:
                 ckpt.save(step, state, _meta(step, config))
@@ -136,9 +138,9 @@ def _initial_state(config, s: Setup, ckpt: checkpoint.Checkpointer, start_step: 
     return state
 
 
-def _flush(pending, writer: MetricWriter, config, timing: dict, ckpt: checkpoint.Checkpointer) -> None:
-    """Fetches pending metrics, stops on non-finite values, logs the log steps."""
-    for step, metrics in jax.device_get(pending):
+def _flush(fetched, writer: MetricWriter, config, timing: dict, ckpt: checkpoint.Checkpointer) -> None:
+    """Stops on non-finite values among the fetched `(step, metrics)`, logs the log steps."""
+    for step, metrics in fetched:
         for key, value in metrics.items():
             if (key.endswith("loss") or key.endswith("grad_norm")) and not np.all(np.isfinite(value)):
                 raise NonFiniteError(f"{key} = {value} at step {step}; stopping. The last good checkpoint "
