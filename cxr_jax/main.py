@@ -59,11 +59,38 @@ def _bench(args, config) -> int:
     return 0
 
 
-# name -> (help, add arguments, run(args, config) -> exit code).
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="the data sources and their layouts")
+    inspect = actions.add_parser("inspect", help="print a JSON summary of a data set")
+    inspect.add_argument("source")
+    inspect.add_argument("--path", help="a directory in the source's layout")
+    inspect.add_argument("--split", default="all", help="split to read (all, train, valid; nih1000: train, valid)")
+    inspect.add_argument("--num-examples", type=int, default=0, help="phantom: how many images to draw")
+
+
+def _data(args, config) -> int:
+    del config
+    import ml_collections
+
+    from cxr_jax.data import sources
+
+    if args.action == "list":
+        for name, (_, description) in sources.SOURCES.items():
+            print(f"{name:12s} {description}")
+        return 0
+    spec = ml_collections.ConfigDict(dict(source=args.source, path=args.path, split=args.split,
+                                          num_examples=args.num_examples))
+    print(json.dumps(sources.describe(sources.load(spec, image_size=64, seed=0)), indent=2))
+    return 0
+
+
+# name -> (help, add arguments, run(args, config or None) -> exit code). Commands with --config get it loaded.
 COMMANDS = {
     "train": ("train a method; resumes from the latest checkpoint in --workdir", _add_config, _train),
     "evaluate": ("evaluate the latest checkpoint; writes WORKDIR/eval/metrics.json", _add_config, _evaluate),
     "bench": ("time a method's compiled train step", _add_bench, _bench),
+    "data": ("list data sources; inspect a data set", _add_data, _data),
 }
 
 
@@ -84,10 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxr_jax import parallel
 
     parallel.initialize()
-    try:
-        config = config_lib.load(args.config, overrides)
-    except config_lib.ConfigError as e:
-        parser.exit(2, f"cxr-jax {args.command}: config error: {e}\n")
+    config = None
+    if getattr(args, "config", None):
+        try:
+            config = config_lib.load(args.config, overrides)
+        except config_lib.ConfigError as e:
+            parser.exit(2, f"cxr-jax {args.command}: config error: {e}\n")
+    elif overrides:
+        parser.error(f"cxr-jax {args.command} takes no --config overrides")
     from cxr_jax.data.sources import DataError
 
     try:

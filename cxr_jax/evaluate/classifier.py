@@ -19,7 +19,7 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     """Scores the eval split; writes `roc.png` to `outdir`."""
     config = method.config
     examples = sources.load(config.data.eval, image_size=config.image_size, seed=config.seed)
-    examples = {"image": examples["image"], "label": examples["label"]}
+    examples = sources.labelled_images(examples, config.data.eval.source)
     logits = common.predict(method.predict, state, examples, preprocess=method.preprocess_eval,
                             batch_size=config.batch_size, mesh=mesh)
     labels = examples["label"]

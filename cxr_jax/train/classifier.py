@@ -35,8 +35,9 @@ class Classifier:
 
     def train_data(self):
         """Host-side training examples and the per-example tf.data preprocessing."""
-        examples = sources.load(self.config.data.train, image_size=self.config.image_size, seed=self.config.seed)
-        return {"image": examples["image"], "label": examples["label"]}, self.preprocess_train
+        spec = self.config.data.train
+        examples = sources.load(spec, image_size=self.config.image_size, seed=self.config.seed)
+        return sources.labelled_images(examples, spec.source), self.preprocess_train
 
     def preprocess_train(self, example):
         """Random shift and contrast, then [-1, 1] floats."""

@@ -1,0 +1,88 @@
+"""Data sources: a name (config `data.*.source`) and a directory in that source's layout.
+
+A loader returns a dict of NumPy arrays sharing their leading length N. Keys, where the source has them:
+  image        uint8 [N, S, S, 1]  padded to a square (centred) and resized to the run's image size
+  label        int32 [N]           1 abnormal, 0 normal, -1 unknown
+  orig_size    int32 [N, 2]        (height, width) before resizing
+  name         object [N]          the file the example came from
+  mask_lungs, mask_heart, mask_clavicles   uint8 [N, S, S] (0/1); `has_mask` bool [N] where only some have one
+  landmarks    float32 [N, K, 2]   (x, y) in resized pixels, NaN where absent
+  box          float32 [N, 4]      lesion box (x0, y0, x1, y1) in resized pixels, NaN where absent
+  text         object [N]          report or note text
+Loading into memory suits the small sets here; file-streaming loaders for large sets belong beside these.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from cxr_jax.data import phantom
+from cxr_jax.data.sources import shared
+from cxr_jax.data.sources.io import DataError, read_gray
+
+__all__ = ["DataError", "SOURCES", "describe", "labelled_images", "load", "read_gray"]
+
+
+def load(spec: ml_collections.ConfigDict, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
+    """Loads `spec.source` from `spec.path`, split `spec.split`, at most `spec.num_examples` (0: all)."""
+    if spec.source not in SOURCES:
+        raise DataError(f"unknown data source {spec.source!r}; known: {sorted(SOURCES)}")
+    return SOURCES[spec.source][0](spec, image_size=image_size, seed=seed)
+
+
+def load_phantom(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
+    """The embedded phantom; each split draws from its own seed so train and eval never share images."""
+    if spec.num_examples <= 0:
+        raise DataError("the phantom source needs data.<split>.num_examples > 0 (how many images to draw)")
+    split_seed = {"train": 0, "valid": 1, "test": 2}.get(spec.split)
+    if split_seed is None:
+        raise DataError(f"phantom split must be train, valid or test; got {spec.split!r}")
+    data = phantom.generate(spec.num_examples, image_size=image_size, seed=seed * 3 + split_seed)
+    data["orig_size"] = np.full((spec.num_examples, 2), image_size, np.int32)
+    return data
+
+
+def labelled_images(data: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """`image` and `label` of the examples whose label is known (0 or 1), for classification."""
+    if "image" not in data:
+        raise DataError(f"data source {source!r} has no images")
+    keep = data["label"] >= 0
+    if not keep.any():
+        raise DataError(f"data source {source!r}: no example has a known normal/abnormal label")
+    return {"image": data["image"][keep], "label": data["label"][keep]}
+
+
+def describe(data: dict[str, np.ndarray]) -> dict:
+    """The summary `cxr-jax data inspect` prints."""
+    num = len(next(iter(data.values()))) if data else 0
+    sizes = data.get("orig_size")
+    labels = data.get("label", np.full(num, -1))
+    has_mask = data.get("has_mask", np.ones(num, bool) if any(k.startswith("mask_") for k in data) else
+                        np.zeros(num, bool))
+
+    def finite(key, axes):
+        return int(np.isfinite(data[key]).all(axis=axes).sum()) if key in data else 0
+
+    return {
+        "num_images": int(len(data["image"])) if "image" in data else 0,
+        "image_size_range": ({"min_hw": sizes.min(0).tolist(), "max_hw": sizes.max(0).tolist()}
+                             if sizes is not None and len(sizes) else None),
+        "label_counts": {"normal": int((labels == 0).sum()), "abnormal": int((labels == 1).sum()),
+                         "unknown": int((labels < 0).sum())} if "image" in data else {},
+        "num_with_masks": int(has_mask.sum()),
+        "num_with_landmarks": finite("landmarks", (1, 2)),
+        "num_with_boxes": finite("box", 1),
+        "num_with_text": int(sum(bool(t) for t in data["text"])) if "text" in data else 0,
+    }
+
+
+# name -> (loader, one-line description for `cxr-jax data list`).
+SOURCES = {
+    "phantom": (load_phantom, "embedded synthetic CXR phantom with lesion masks (no path)"),
+    "nih1000": (shared.load_nih1000, "NIH ChestX-ray14 subset: metadata.csv (split, abnormal) + images/"),
+    "jsrt": (shared.load_jsrt, "JSRT: organ masks, 120 contour landmarks, nodule centres"),
+    "openist": (shared.load_openist, "OpenIST normals with lung masks"),
+    "covid": (shared.load_covid, "COVID-19 collection: images, clinical notes, some lung masks"),
+    "iu_reports": (shared.load_iu_reports, "Indiana University report XMLs (text only)"),
+}

@@ -1,0 +1,191 @@
+"""Loaders for the layouts of `../shared/data` (its README): nih1000, jsrt, openist, covid, iu_reports.
+
+Each reads any directory in the same layout. Sets without a split column are split deterministically by a
+hash of the patient (covid) or image name: `train` ≈ 80 %, `valid` ≈ 20 %, `all` everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import re
+import tarfile
+import xml.etree.ElementTree as ET
+
+import numpy as np
+
+from cxr_jax.data.sources.io import DataError, parse_number, read_csv, read_gray, require_dir, square_coords
+
+VALID_FRACTION = 0.2
+JSRT_STRUCTURES = ("right_lung", "left_lung", "heart")  # Landmark order: same index = same point.
+
+
+def load_nih1000(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
+    """NIH ChestX-ray14 subset: `metadata.csv` (image, split, abnormal, …) and `images/*.png`."""
+    del seed
+    root = require_dir(spec.path, "nih1000")
+    meta = root / "metadata.csv"
+    rows = [(line, r) for line, r in enumerate(read_csv(meta, ("image", "split", "abnormal")), start=2)
+            if r["split"] == spec.split]
+    if not rows:
+        raise DataError(f"{meta}: no rows with split == {spec.split!r}")
+    rows = rows[:spec.num_examples] if spec.num_examples > 0 else rows
+    labels = []
+    for line, row in rows:
+        if row["abnormal"] not in ("0", "1"):
+            raise DataError(f"{meta}: row {line}: abnormal must be 0 or 1, got {row['abnormal']!r}")
+        labels.append(int(row["abnormal"]))
+    images, sizes = zip(*(read_gray(root / r["image"], image_size) for _, r in rows))
+    return {"image": np.stack(images)[..., None], "label": np.asarray(labels, np.int32),
+            "orig_size": np.asarray(sizes, np.int32), "name": np.asarray([r["image"] for _, r in rows], object)}
+
+
+def load_jsrt(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
+    """JSRT with SCR organ masks, contour landmarks and nodule centres (`metadata.csv`, images/, masks/)."""
+    del seed
+    root = require_dir(spec.path, "jsrt")
+    meta = root / "metadata.csv"
+    rows = _split(read_csv(meta, ("image", "nodule", "nodule_x", "nodule_y", "nodule_diameter_px")), spec,
+                  key=lambda r: r["image"], path=meta)
+    out = {k: [] for k in ("image", "label", "orig_size", "name", "mask_lungs", "mask_heart", "mask_clavicles",
+                           "landmarks", "box")}
+    for line, r in rows:
+        image, size = read_gray(root / r["image"], image_size)
+        name = pathlib.Path(r["image"]).stem
+        masks = {s: read_gray(root / "masks" / s / f"{name}.png", image_size, mask=True)[0]
+                 for s in ("left_lung", "right_lung", "heart", "left_clavicle", "right_clavicle")}
+        nodule = parse_number(meta, line, "nodule", r["nodule"], int)
+        box = np.full(4, np.nan, np.float32)
+        if nodule:
+            x, y, d = (parse_number(meta, line, c, r[c]) for c in ("nodule_x", "nodule_y", "nodule_diameter_px"))
+            box = square_coords([[x - d / 2, y - d / 2], [x + d / 2, y + d / 2]], size, image_size).reshape(4)
+        out["image"].append(image)
+        out["label"].append(nodule)
+        out["orig_size"].append(size)
+        out["name"].append(r["image"])
+        out["mask_lungs"].append(masks["left_lung"] | masks["right_lung"])
+        out["mask_heart"].append(masks["heart"])
+        out["mask_clavicles"].append(masks["left_clavicle"] | masks["right_clavicle"])
+        out["landmarks"].append(_jsrt_landmarks(root / "landmarks" / f"{name}.csv", size, image_size))
+        out["box"].append(box)
+    return _arrays(out)
+
+
+def _jsrt_landmarks(path: pathlib.Path, orig_size, image_size: int) -> np.ndarray:
+    """[K, 2] contour points in the order of JSRT_STRUCTURES then index; all NaN when the file is absent."""
+    counts = {"right_lung": 44, "left_lung": 50, "heart": 26}
+    total = sum(counts.values())
+    if not path.is_file():
+        return np.full((total, 2), np.nan, np.float32)
+    points = {s: {} for s in JSRT_STRUCTURES}
+    for line, r in enumerate(read_csv(path, ("structure", "index", "x", "y")), start=2):
+        if r["structure"] not in points:
+            raise DataError(f"{path}: row {line}: unknown structure {r['structure']!r}; expected {JSRT_STRUCTURES}")
+        points[r["structure"]][parse_number(path, line, "index", r["index"], int)] = (
+            parse_number(path, line, "x", r["x"]), parse_number(path, line, "y", r["y"]))
+    for s, n in counts.items():
+        if sorted(points[s]) != list(range(n)):
+            raise DataError(f"{path}: {s} must have landmarks 0..{n - 1}, got {len(points[s])} points")
+    xy = [points[s][i] for s in JSRT_STRUCTURES for i in range(counts[s])]
+    return square_coords(xy, orig_size, image_size)
+
+
+def load_openist(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
+    """OpenIST normals with lung masks (`metadata.csv`: image, lung_mask)."""
+    del seed
+    root = require_dir(spec.path, "openist")
+    meta = root / "metadata.csv"
+    rows = _split(read_csv(meta, ("image", "lung_mask")), spec, key=lambda r: r["image"], path=meta)
+    out = {k: [] for k in ("image", "label", "orig_size", "name", "mask_lungs")}
+    for _, r in rows:
+        image, size = read_gray(root / r["image"], image_size)
+        out["image"].append(image)
+        out["label"].append(0)
+        out["orig_size"].append(size)
+        out["name"].append(r["image"])
+        out["mask_lungs"].append(read_gray(root / r["lung_mask"], image_size, mask=True)[0])
+    return _arrays(out)
+
+
+def load_covid(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
+    """COVID-19 image–note pairs; label 0 for 'No Finding', -1 where the finding is unknown, else 1.
+
+    Split by patient, so no patient is in both train and valid. `has_mask` marks images with a lung mask.
+    """
+    del seed
+    root = require_dir(spec.path, "covid")
+    meta = root / "metadata.csv"
+    rows = _split(read_csv(meta, ("image", "lung_mask", "patient_id", "finding", "clinical_notes")), spec,
+                  key=lambda r: r["patient_id"], path=meta)
+    out = {k: [] for k in ("image", "label", "orig_size", "name", "mask_lungs", "has_mask", "text")}
+    for _, r in rows:
+        image, size = read_gray(root / r["image"], image_size)
+        finding = r["finding"].strip()
+        has_mask = bool(r["lung_mask"].strip())
+        mask = read_gray(root / r["lung_mask"], image_size, mask=True)[0] if has_mask else np.zeros_like(image)
+        out["image"].append(image)
+        out["label"].append(0 if finding == "No Finding" else -1 if finding in ("", "todo") else 1)
+        out["orig_size"].append(size)
+        out["name"].append(r["image"])
+        out["mask_lungs"].append(mask)
+        out["has_mask"].append(has_mask)
+        out["text"].append(r["clinical_notes"])
+    return _arrays(out)
+
+
+def load_iu_reports(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
+    """Indiana University reports (text only): `text` = FINDINGS + IMPRESSION, also each on its own."""
+    del image_size, seed
+    root = require_dir(spec.path, "iu_reports")
+    archive = root / "NLMCXR_reports.tgz"
+    if not archive.is_file():
+        raise DataError(f"{archive}: file is missing (the iu_reports layout is one NLMCXR_reports.tgz)")
+    out = {k: [] for k in ("name", "findings", "impression", "text")}
+    with tarfile.open(archive) as tar:
+        members = sorted((m for m in tar.getmembers() if m.name.endswith(".xml")), key=lambda m: m.name)
+        for m in members:
+            try:
+                sections = _report_sections(tar.extractfile(m).read())
+            except ET.ParseError as e:
+                raise DataError(f"{archive}:{m.name}: not valid XML ({e})") from e
+            if not (sections["findings"] or sections["impression"]):
+                continue
+            out["name"].append(m.name)
+            out["findings"].append(sections["findings"])
+            out["impression"].append(sections["impression"])
+            out["text"].append(f"FINDINGS: {sections['findings']} IMPRESSION: {sections['impression']}".strip())
+    keep = [line - 2 for line, _ in _split([{"name": n} for n in out["name"]], spec, key=lambda r: r["name"],
+                                           path=archive)]
+    return {k: np.asarray([v[i] for i in keep], object) for k, v in out.items()}
+
+
+def _report_sections(xml: bytes) -> dict[str, str]:
+    sections = {"findings": "", "impression": ""}
+    for node in ET.fromstring(xml).iter("AbstractText"):
+        label = (node.get("Label") or "").lower()
+        if label in sections and node.text:
+            sections[label] = re.sub(r"\s+", " ", node.text).strip()
+    return sections
+
+
+def _in_split(key: str, split: str) -> bool:
+    if split == "all":
+        return True
+    bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 16**8
+    return (bucket < VALID_FRACTION) == (split == "valid")
+
+
+def _split(rows, spec, *, key, path) -> list[tuple[int, dict]]:
+    """(CSV line, row) pairs of `spec.split` (all, train, valid), capped at `spec.num_examples`."""
+    if spec.split not in ("all", "train", "valid"):
+        raise DataError(f"{path}: split must be all, train or valid for this layout; got {spec.split!r}")
+    chosen = [(line, r) for line, r in enumerate(rows, start=2) if _in_split(key(r), spec.split)]
+    return chosen[:spec.num_examples] if spec.num_examples > 0 else chosen
+
+
+def _arrays(out: dict[str, list]) -> dict[str, np.ndarray]:
+    arrays = {k: (np.asarray(v, object) if k in ("name", "text") else np.asarray(v)) for k, v in out.items()}
+    arrays["image"] = arrays["image"][..., None].astype(np.uint8)
+    arrays["label"] = arrays["label"].astype(np.int32)
+    arrays["orig_size"] = arrays["orig_size"].astype(np.int32)
+    return arrays
