@@ -67,6 +67,13 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     inspect.add_argument("--path", help="a directory in the source's layout")
     inspect.add_argument("--split", default="all", help="split to read (all, train, valid; nih1000: train, valid)")
     inspect.add_argument("--num-examples", type=int, default=0, help="phantom: how many images to draw")
+    show = actions.add_parser("show", help="write a contact sheet PNG (masks, landmarks, boxes, text)")
+    show.add_argument("source")
+    show.add_argument("--path", help="a directory in the source's layout")
+    show.add_argument("--split", default="all", help="split to read")
+    show.add_argument("--out", required=True, help="the PNG to write")
+    show.add_argument("--num", type=int, default=8, help="how many examples")
+    show.add_argument("--image-size", type=int, default=256, help="side the images are resized to")
 
 
 def _data(args, config) -> int:
@@ -78,6 +85,16 @@ def _data(args, config) -> int:
     if args.action == "list":
         for name, (_, description) in sources.SOURCES.items():
             print(f"{name:12s} {description}")
+        return 0
+    if args.action == "show":
+        from cxr_jax.data import show
+
+        num = args.num if args.source == "phantom" else 0
+        spec = ml_collections.ConfigDict(dict(source=args.source, path=args.path, split=args.split,
+                                              num_examples=num))
+        data = sources.load(spec, image_size=args.image_size, seed=0)
+        shown = show.contact_sheet(data, args.out, num=args.num, title=f"{args.source} ({args.split})")
+        print(f"wrote {args.out}: {len(shown)} of {len(data.get('image', []))} images")
         return 0
     spec = ml_collections.ConfigDict(dict(source=args.source, path=args.path, split=args.split,
                                           num_examples=args.num_examples))

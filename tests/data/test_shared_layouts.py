@@ -177,3 +177,17 @@ def test_data_cli(tmp_path, capsys):
     assert set(summary) == {"num_images", "image_size_range", "label_counts", "num_with_masks",
                             "num_with_landmarks", "num_with_boxes", "num_with_text"}
     assert summary["num_images"] == 2 and summary["image_size_range"] == {"min_hw": [16, 16], "max_hw": [16, 16]}
+
+
+def test_data_show_writes_a_contact_sheet(tmp_path, capsys):
+    _write_jsrt(tmp_path / "jsrt")
+    out = tmp_path / "sheet.png"
+    assert main(["data", "show", "jsrt", "--path", str(tmp_path / "jsrt"), "--out", str(out), "--num", "2",
+                 "--image-size", "32"]) == 0
+    assert "2 of 2 images" in capsys.readouterr().out
+    image = np.asarray(Image.open(out).convert("L"))
+    assert image.shape[0] > 100 and image.std() > 5  # A real picture, not a blank canvas.
+    out2 = tmp_path / "phantom.png"
+    assert main(["data", "show", "phantom", "--split", "train", "--out", str(out2), "--num", "3",
+                 "--image-size", "64"]) == 0
+    assert out2.stat().st_size > 10_000
