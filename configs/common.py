@@ -26,6 +26,8 @@ def base(method: str) -> ml_collections.ConfigDict:
         c.data[split].path = None  # A directory in the source's layout; None for the phantom.
         c.data[split].split = name
         c.data[split].num_examples = 0  # 0: all of the split (phantom: must be set).
+        c.data[split].uncertain = "zeros"  # CheXpert-style -1 labels: zeros | ones | ignore (kept as -1).
+        c.data[split].frontal_only = True  # Drop lateral views where a layout records the view.
     c.data.prefetch = 2
 
     c.bench = ml_collections.ConfigDict()

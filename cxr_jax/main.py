@@ -76,10 +76,17 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     show.add_argument("--image-size", type=int, default=256, help="side the images are resized to")
 
 
+def _data_spec(args, num_examples: int):
+    """A data spec with the config defaults (configs/common.py) and this command's source, path and split."""
+    from configs import common
+
+    spec = common.base("data").data.train
+    spec.source, spec.path, spec.split, spec.num_examples = args.source, args.path, args.split, num_examples
+    return spec
+
+
 def _data(args, config) -> int:
     del config
-    import ml_collections
-
     from cxr_jax.data import sources
 
     if args.action == "list":
@@ -89,15 +96,12 @@ def _data(args, config) -> int:
     if args.action == "show":
         from cxr_jax.data import show
 
-        num = args.num if args.source == "phantom" else 0
-        spec = ml_collections.ConfigDict(dict(source=args.source, path=args.path, split=args.split,
-                                              num_examples=num))
+        spec = _data_spec(args, args.num if args.source == "phantom" else 0)
         data = sources.load(spec, image_size=args.image_size, seed=0)
         shown = show.contact_sheet(data, args.out, num=args.num, title=f"{args.source} ({args.split})")
         print(f"wrote {args.out}: {len(shown)} of {len(data.get('image', []))} images")
         return 0
-    spec = ml_collections.ConfigDict(dict(source=args.source, path=args.path, split=args.split,
-                                          num_examples=args.num_examples))
+    spec = _data_spec(args, args.num_examples)
     print(json.dumps(sources.describe(sources.load(spec, image_size=64, seed=0)), indent=2))
     return 0
 

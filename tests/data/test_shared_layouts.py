@@ -34,6 +34,9 @@ def test_square_coords_follow_the_pixels(tmp_path):
     ys, xs = np.nonzero(out)
     x, y = data_io.square_coords([[4, 7]], size, 20)[0]
     np.testing.assert_allclose([x, y], [xs.mean(), ys.mean()], atol=0.51)
+    # The same pixel as a box [4, 5) × [7, 8) in edge coordinates covers the resized pixels.
+    x0, y0, x1, y1 = data_io.square_coords([[4, 7], [5, 8]], size, 20, edges=True).reshape(4)
+    assert x0 <= xs.min() and xs.max() + 1 <= x1 + 0.5 and y0 <= ys.min() and ys.max() + 1 <= y1 + 0.5
 
 
 def _write_jsrt(root, with_landmarks=True):
@@ -65,7 +68,8 @@ def test_jsrt_fixture(tmp_path):
     assert data["landmarks"].shape == (2, 120, 2)
     # Landmark 0 of the right lung is (0, 1) at 16 px → (0.5, 2.5) at 32 px (pixel centres scale by 2).
     np.testing.assert_allclose(data["landmarks"][0, 0], [0.5, 2.5])
-    np.testing.assert_allclose(data["box"][0], [16.5, 8.5, 24.5, 16.5])  # (10±2, 6±2) × 2 + 0.5.
+    # Centre (10, 6) is pixel (10, 6), whose centre is at edge coordinate 10.5: edges 10.5 ± 2 → × 2.
+    np.testing.assert_allclose(data["box"][0], [17, 9, 25, 17])
     assert np.isnan(data["box"][1]).all()
     assert data["mask_lungs"].shape == (2, 32, 32) and data["mask_lungs"].max() == 1
     assert sources.describe(data)["num_with_boxes"] == 1

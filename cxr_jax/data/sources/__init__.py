@@ -8,6 +8,8 @@ A loader returns a dict of NumPy arrays sharing their leading length N. Keys, wh
   mask_lungs, mask_heart, mask_clavicles   uint8 [N, S, S] (0/1); `has_mask` bool [N] where only some have one
   landmarks    float32 [N, K, 2]   (x, y) in resized pixels, NaN where absent
   box          float32 [N, 4]      lesion box (x0, y0, x1, y1) in resized pixels, NaN where absent
+  boxes        float32 [N, M, 4]   every box where there can be several (NaN padding); `box` is their union
+  findings     int32 [N, F]        per-finding labels in the source's order (1, 0, -1 unknown)
   text         object [N]          report or note text
 Loading into memory suits the small sets here; file-streaming loaders for large sets belong beside these.
 """
@@ -18,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from cxr_jax.data import phantom
-from cxr_jax.data.sources import shared
+from cxr_jax.data.sources import public, shared
 from cxr_jax.data.sources.io import DataError, read_gray
 
 __all__ = ["DataError", "SOURCES", "describe", "labelled_images", "load", "read_gray"]
@@ -85,4 +87,7 @@ SOURCES = {
     "openist": (shared.load_openist, "OpenIST normals with lung masks"),
     "covid": (shared.load_covid, "COVID-19 collection: images, clinical notes, some lung masks"),
     "iu_reports": (shared.load_iu_reports, "Indiana University report XMLs (text only)"),
+    "chexpert": (public.load_chexpert, "CheXpert: train.csv/valid.csv + JPGs (data.*.uncertain policy)"),
+    "nih14": (public.load_nih14, "NIH ChestX-ray14: Data_Entry_2017.csv, BBox_List_2017.csv, images/"),
+    "folder": (public.load_folder, "any folder with metadata.csv: image[, label, split, text, mask]"),
 }

@@ -32,12 +32,16 @@ def read_gray(path: pathlib.Path, image_size: int, *, mask: bool = False) -> tup
     return ((array > 127).astype(np.uint8) if mask else array), (h, w)
 
 
-def square_coords(xy: np.ndarray, orig_size: tuple[int, int], image_size: int) -> np.ndarray:
-    """Maps (x, y) pixel coordinates of an original image to those of its `read_gray` output."""
+def square_coords(xy: np.ndarray, orig_size: tuple[int, int], image_size: int, *, edges: bool = False) -> np.ndarray:
+    """Maps (x, y) coordinates of an original image to those of its `read_gray` output.
+
+    Points (landmarks) use pixel centres at integers; `edges=True` is for box corners, where pixel i spans
+    [i, i + 1) (boxes are (x0, y0, x1, y1) with x1 exclusive, as the phantom writes them).
+    """
     h, w = orig_size
     side = max(h, w)
-    offset = np.array([(side - w) // 2, (side - h) // 2], np.float32)
-    return ((np.asarray(xy, np.float32) + offset + 0.5) * image_size / side - 0.5).astype(np.float32)
+    offset = np.array([(side - w) // 2, (side - h) // 2], np.float32) + (0.0 if edges else 0.5)
+    return ((np.asarray(xy, np.float32) + offset) * image_size / side - (0.0 if edges else 0.5)).astype(np.float32)
 
 
 def read_csv(path: pathlib.Path, required: tuple[str, ...]) -> list[dict[str, str]]:

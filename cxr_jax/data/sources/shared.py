@@ -58,7 +58,8 @@ def load_jsrt(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
         box = np.full(4, np.nan, np.float32)
         if nodule:
             x, y, d = (parse_number(meta, line, c, r[c]) for c in ("nodule_x", "nodule_y", "nodule_diameter_px"))
-            box = square_coords([[x - d / 2, y - d / 2], [x + d / 2, y + d / 2]], size, image_size).reshape(4)
+            corners = [[x + 0.5 - d / 2, y + 0.5 - d / 2], [x + 0.5 + d / 2, y + 0.5 + d / 2]]  # Centre → edges.
+            box = square_coords(corners, size, image_size, edges=True).reshape(4)
         out["image"].append(image)
         out["label"].append(nodule)
         out["orig_size"].append(size)
