@@ -190,6 +190,12 @@ def _choose_findings(rng) -> list[str]:
     return [FINDINGS[i] for i in sorted(rng.choice(len(FINDINGS), count, replace=False))]
 
 
+def _random_lung(rng, anatomy) -> tuple[int, np.ndarray]:
+    """The side (-1 image left, 1 image right) and mask of the lung a lesion goes in."""
+    side = int(rng.choice([-1, 1]))
+    return side, anatomy["lung_side"][side]
+
+
 def _zone(p, side, v_mask) -> str:
     _, yc, _, ry, _ = _lung_geometry(p, side)
     rel = (np.mean(v_mask) - (yc - ry)) / (p["dome"][side] - (yc - ry))
@@ -203,8 +209,7 @@ def _pick_point(rng, region, u, v):
 
 
 def _nodule(rng, p, u, v, anatomy, image):
-    side = int(rng.choice([-1, 1]))
-    region = anatomy["lung_side"][side]
+    side, region = _random_lung(rng, anatomy)
     r = rng.uniform(0.02, 0.045)
     inner = region & ~_near_edge(region)
     cu, cv = _pick_point(rng, inner if inner.any() else region, u, v)
@@ -218,8 +223,7 @@ def _nodule(rng, p, u, v, anatomy, image):
 
 
 def _consolidation(rng, p, u, v, anatomy, image):
-    side = int(rng.choice([-1, 1]))
-    region = anatomy["lung_side"][side]
+    side, region = _random_lung(rng, anatomy)
     cu, cv = _pick_point(rng, region, u, v)
     mask = np.zeros_like(region)
     for _ in range(4):  # A lumpy union of ellipses.
@@ -234,8 +238,7 @@ def _consolidation(rng, p, u, v, anatomy, image):
 
 
 def _effusion(rng, p, u, v, anatomy, image):
-    side = int(rng.choice([-1, 1]))
-    region = anatomy["lung_side"][side]
+    side, region = _random_lung(rng, anatomy)
     xc, yc, rx, ry, top = _lung_geometry(p, side)
     fraction = rng.uniform(0.12, 0.35)
     level = top - fraction * (top - (yc - ry))
@@ -254,8 +257,7 @@ def _cardiomegaly(rng, p, u, v, anatomy, image):
 
 
 def _pneumothorax(rng, p, u, v, anatomy, image):
-    side = int(rng.choice([-1, 1]))
-    region = anatomy["lung_side"][side]
+    side, region = _random_lung(rng, anatomy)
     xc, yc, rx, ry, _ = _lung_geometry(p, side)
     shrink = rng.uniform(0.65, 0.85)
     collapsed = _ellipse(u, v, xc - side * rx * (1 - shrink) * 0.6, yc + ry * (1 - shrink) * 0.5, rx * shrink,

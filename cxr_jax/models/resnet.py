@@ -13,6 +13,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
+def _layers(dtype, train: bool):
+    """Bias-free conv and BatchNorm (torchvision's momentum 0.1 = flax 0.9, eps 1e-5)."""
+    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+    return partial(nn.Conv, use_bias=False, dtype=dtype), norm
+
+
 class BasicBlock(nn.Module):
     """Two 3×3 convs (ResNet-18/34)."""
 
@@ -24,8 +30,7 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         """NHWC in, NHWC out (spatially / strides)."""
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
-        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv, norm = _layers(self.dtype, train)
         residual = x
         y = nn.relu(norm()(conv(self.features, (3, 3), self.strides, padding=1)(x)))
         y = norm(scale_init=nn.initializers.zeros)(conv(self.features, (3, 3), padding=1)(y))
@@ -45,8 +50,7 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         """NHWC in, NHWC out with 4 × features channels."""
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
-        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv, norm = _layers(self.dtype, train)
         residual = x
         y = nn.relu(norm()(conv(self.features, (1, 1))(x)))
         y = nn.relu(norm()(conv(self.features, (3, 3), self.strides, padding=1)(y)))
@@ -72,9 +76,8 @@ class ResNet(nn.Module):
     def __call__(self, x, train: bool = False):
         """Images NHWC → logits [B, num_classes], or pooled features when num_classes is 0."""
         block = BLOCKS[self.block]
-        x = nn.Conv(self.width, (7, 7), 2, padding=3, use_bias=False, dtype=self.dtype, name="conv1")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                         name="bn1")(x)
+        conv, norm = _layers(self.dtype, train)
+        x = norm(name="bn1")(conv(self.width, (7, 7), 2, padding=3, name="conv1")(x))
         x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for i, size in enumerate(self.stage_sizes):
             for j in range(size):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import pathlib
 
 import numpy as np
 from PIL import Image
+
+VALID_FRACTION = 0.2  # Share of a hash split that is `valid`.
 
 
 class DataError(ValueError):
@@ -30,6 +33,22 @@ def read_gray(path: pathlib.Path, image_size: int, *, mask: bool = False) -> tup
         resample = Image.NEAREST if mask else Image.BILINEAR
         array = np.asarray(Image.fromarray(array).resize((image_size, image_size), resample))
     return ((array > 127).astype(np.uint8) if mask else array), (h, w)
+
+
+def read_images(files, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`read_gray` over `files`: images uint8 [N, S, S, 1] and original sizes int32 [N, 2]."""
+    if not files:
+        return np.zeros((0, image_size, image_size, 1), np.uint8), np.zeros((0, 2), np.int32)
+    images, sizes = zip(*(read_gray(f, image_size) for f in files))
+    return np.stack(images)[..., None], np.asarray(sizes, np.int32)
+
+
+def in_split(key: str, split: str) -> bool:
+    """A deterministic split for layouts without one: ~VALID_FRACTION of keys are `valid`, the rest `train`."""
+    if split == "all":
+        return True
+    bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 16**8
+    return (bucket < VALID_FRACTION) == (split == "valid")
 
 
 def square_coords(xy: np.ndarray, orig_size: tuple[int, int], image_size: int, *, edges: bool = False) -> np.ndarray:

@@ -10,8 +10,16 @@ import warnings
 
 import numpy as np
 
-from cxr_jax.data.sources.io import DataError, parse_number, read_csv, read_gray, require_dir, square_coords
-from cxr_jax.data.sources.shared import _in_split
+from cxr_jax.data.sources.io import (
+    DataError,
+    in_split,
+    parse_number,
+    read_csv,
+    read_gray,
+    read_images,
+    require_dir,
+    square_coords,
+)
 
 CHEXPERT_OBSERVATIONS = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
@@ -45,7 +53,7 @@ def load_chexpert(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
                          for line, r in chosen], np.int32).reshape(-1, len(CHEXPERT_OBSERVATIONS))
     disease = findings[:, 1:-1]  # Neither No Finding nor Support Devices.
     label = np.where(findings[:, 0] == 1, 0, np.where((disease == 1).any(1), 1, -1)).astype(np.int32)
-    images, sizes = _read_all([_chexpert_file(root, r["Path"], meta, line) for line, r in chosen], image_size)
+    images, sizes = read_images([_chexpert_file(root, r["Path"], meta, line) for line, r in chosen], image_size)
     return {"image": images, "label": label, "findings": findings, "orig_size": sizes,
             "name": np.asarray([r["Path"] for _, r in chosen], object)}
 
@@ -98,7 +106,7 @@ def load_nih14(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
         if r["Image Index"] not in index:
             raise DataError(f"{root}: image {r['Image Index']} listed in {meta.name} is missing")
         files.append(index[r["Image Index"]])
-    images, sizes = _read_all(files, image_size)
+    images, sizes = read_images(files, image_size)
     names = [r["Image Index"] for r in rows]
     boxes = _nih_boxes(root / "BBox_List_2017.csv", names, sizes, image_size)
     return {"image": images, "label": findings.any(1).astype(np.int32), "findings": findings, "orig_size": sizes,
@@ -159,7 +167,7 @@ def load_folder(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     rows = read_csv(meta, ("image",))
     columns = set(rows[0]) if rows else set()
     chosen = [(line, r) for line, r in enumerate(rows, start=2)
-              if (r["split"] == spec.split if "split" in columns else _in_split(r["image"], spec.split))
+              if (r["split"] == spec.split if "split" in columns else in_split(r["image"], spec.split))
               or spec.split == "all"]
     chosen = chosen[:spec.num_examples] if spec.num_examples > 0 else chosen
     if not chosen:
@@ -170,7 +178,7 @@ def load_folder(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
         if text not in ("", "0", "1"):
             raise DataError(f"{meta}: row {line}: label must be 0, 1 or blank, got {text!r}")
         labels.append(int(text) if text else -1)
-    images, sizes = _read_all([root / r["image"] for _, r in chosen], image_size)
+    images, sizes = read_images([root / r["image"] for _, r in chosen], image_size)
     out = {"image": images, "label": np.asarray(labels, np.int32), "orig_size": sizes,
            "name": np.asarray([r["image"] for _, r in chosen], object)}
     if "text" in columns:
@@ -181,9 +189,3 @@ def load_folder(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
                                        else np.zeros((image_size, image_size), np.uint8) for _, r in chosen])
     return out
 
-
-def _read_all(files, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    if not files:
-        return np.zeros((0, image_size, image_size, 1), np.uint8), np.zeros((0, 2), np.int32)
-    images, sizes = zip(*(read_gray(f, image_size) for f in files))
-    return np.stack(images)[..., None], np.asarray(sizes, np.int32)

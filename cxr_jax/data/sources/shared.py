@@ -6,7 +6,6 @@ hash of the patient (covid) or image name: `train` ≈ 80 %, `valid` ≈ 20 %, `
 
 from __future__ import annotations
 
-import hashlib
 import pathlib
 import re
 import tarfile
@@ -14,9 +13,17 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from cxr_jax.data.sources.io import DataError, parse_number, read_csv, read_gray, require_dir, square_coords
+from cxr_jax.data.sources.io import (
+    DataError,
+    in_split,
+    parse_number,
+    read_csv,
+    read_gray,
+    read_images,
+    require_dir,
+    square_coords,
+)
 
-VALID_FRACTION = 0.2
 JSRT_STRUCTURES = ("right_lung", "left_lung", "heart")  # Landmark order: same index = same point.
 
 
@@ -35,9 +42,9 @@ def load_nih1000(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
         if row["abnormal"] not in ("0", "1"):
             raise DataError(f"{meta}: row {line}: abnormal must be 0 or 1, got {row['abnormal']!r}")
         labels.append(int(row["abnormal"]))
-    images, sizes = zip(*(read_gray(root / r["image"], image_size) for _, r in rows))
-    return {"image": np.stack(images)[..., None], "label": np.asarray(labels, np.int32),
-            "orig_size": np.asarray(sizes, np.int32), "name": np.asarray([r["image"] for _, r in rows], object)}
+    images, sizes = read_images([root / r["image"] for _, r in rows], image_size)
+    return {"image": images, "label": np.asarray(labels, np.int32), "orig_size": sizes,
+            "name": np.asarray([r["image"] for _, r in rows], object)}
 
 
 def load_jsrt(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
@@ -169,18 +176,11 @@ def _report_sections(xml: bytes) -> dict[str, str]:
     return sections
 
 
-def _in_split(key: str, split: str) -> bool:
-    if split == "all":
-        return True
-    bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 16**8
-    return (bucket < VALID_FRACTION) == (split == "valid")
-
-
 def _split(rows, spec, *, key, path) -> list[tuple[int, dict]]:
     """(CSV line, row) pairs of `spec.split` (all, train, valid), capped at `spec.num_examples`."""
     if spec.split not in ("all", "train", "valid"):
         raise DataError(f"{path}: split must be all, train or valid for this layout; got {spec.split!r}")
-    chosen = [(line, r) for line, r in enumerate(rows, start=2) if _in_split(key(r), spec.split)]
+    chosen = [(line, r) for line, r in enumerate(rows, start=2) if in_split(key(r), spec.split)]
     return chosen[:spec.num_examples] if spec.num_examples > 0 else chosen
 
 
