@@ -28,6 +28,8 @@ def base(method: str) -> ml_collections.ConfigDict:
         c.data[split].num_examples = 0  # 0: all of the split (phantom: must be set).
         c.data[split].uncertain = "zeros"  # CheXpert-style -1 labels: zeros | ones | ignore (kept as -1).
         c.data[split].frontal_only = True  # Drop lateral views where a layout records the view.
+        c.data[split].on_error = "raise"  # A bad file or row: raise | skip (leave the example out, count, log).
+        c.data[split].stream = False  # Decode images in tf.data from their files instead of holding them.
     c.data.prefetch = 2
 
     c.bench = ml_collections.ConfigDict()

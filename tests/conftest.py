@@ -73,3 +73,14 @@ def assert_trees_equal(a, b, rtol: float = 0.0, atol: float = 0.0) -> None:
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
         else:
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def data_spec(source: str, path=None, split: str = "all", **options):
+    """A data spec with the config defaults (configs/common.py) and these fields."""
+    from configs import common
+
+    spec = common.base("test").data.train
+    spec.source, spec.path, spec.split = source, None if path is None else str(path), split
+    for key, value in options.items():
+        spec[key] = value
+    return spec

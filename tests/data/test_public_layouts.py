@@ -4,17 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import common
 from cxr_jax.data import sources
 from cxr_jax.data.sources import public
+from tests.conftest import data_spec
 
 
 def _spec(source, path, split, **options):
-    spec = common.base("test").data.train
-    spec.source, spec.path, spec.split = source, str(path), split
-    for key, value in options.items():
-        spec[key] = value
-    return spec
+    return data_spec(source, path, split, **options)
 
 
 def _image(path, size=(20, 16), value=100):
@@ -105,7 +101,7 @@ def test_nih14_labels_boxes_and_splits(tmp_path):
 def test_nih14_errors(tmp_path):
     _write_nih14(tmp_path)
     (tmp_path / "images/c.png").unlink()
-    with pytest.raises(sources.DataError, match="image c.png listed in Data_Entry_2017.csv is missing"):
+    with pytest.raises(sources.DataError, match=r"image c.png listed in Data_Entry_2017.csv \(row 4\) is missing"):
         sources.load(_spec("nih14", tmp_path, "all"), image_size=16, seed=0)
     with pytest.raises(sources.DataError, match="nih14 split must be train, test or all"):
         sources.load(_spec("nih14", tmp_path, "valid"), image_size=16, seed=0)

@@ -4,7 +4,6 @@ import io
 import json
 import tarfile
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,11 +11,11 @@ from PIL import Image
 from cxr_jax.data import sources
 from cxr_jax.data.sources import io as data_io
 from cxr_jax.main import main
-from tests.conftest import shared_dir
+from tests.conftest import data_spec, shared_dir
 
 
-def _spec(source, path, split="all", num_examples=0):
-    return ml_collections.ConfigDict(dict(source=source, path=str(path), split=split, num_examples=num_examples))
+def _spec(source, path=None, split="all", num_examples=0):
+    return data_spec(source, path, split, num_examples=num_examples)
 
 
 def _png(path, array):
@@ -136,7 +135,7 @@ def test_iu_reports_fixture(tmp_path):
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
     data = sources.load(_spec("iu_reports", tmp_path), image_size=16, seed=0)
-    assert list(data["findings"]) == ["Heart size normal."]  # Whitespace normalised; empty report skipped.
+    assert list(data["report_findings"]) == ["Heart size normal."]  # Whitespace normalised; empty report skipped.
     assert data["text"][0] == "FINDINGS: Heart size normal. IMPRESSION: No acute disease."
     assert sources.describe(data)["num_with_text"] == 1 and sources.describe(data)["num_images"] == 0
     with pytest.raises(sources.DataError, match="has no images"):

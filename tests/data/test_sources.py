@@ -1,14 +1,13 @@
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from cxr_jax.data import sources
-from tests.conftest import shared_dir
+from tests.conftest import data_spec, shared_dir
 
 
 def _spec(source, path=None, split="train", num_examples=0):
-    return ml_collections.ConfigDict(dict(source=source, path=path, split=split, num_examples=num_examples))
+    return data_spec(source, path, split, num_examples=num_examples)
 
 
 def _write_nih(root, rows, header="image,split,abnormal"):

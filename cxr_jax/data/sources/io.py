@@ -3,17 +3,77 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
+import logging
 import pathlib
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from PIL import Image
 
 VALID_FRACTION = 0.2  # Share of a hash split that is `valid`.
+ON_ERROR = ("raise", "skip")
+STRING_KEYS = ("name", "text", "file", "report_findings", "report_impression")  # Stacked as object arrays of str.
+
+log = logging.getLogger("cxr_jax.data")
 
 
 class DataError(ValueError):
     """A file, row or column of a data set is not what its layout requires."""
+
+
+class Examples(dict):
+    """A loader's arrays (keys in `sources/__init__.py`), plus `skipped`: why each left-out example was bad."""
+
+    def __init__(self, arrays: dict, skipped: list[str] | None = None):
+        super().__init__(arrays)
+        self.skipped = list(skipped or [])
+
+
+def collect(rows: Iterable[tuple[int, dict]], read_row: Callable[[int, dict], dict], *, spec, image_size: int,
+            where: str) -> Examples:
+    """Stacks `read_row(line, row)` over `rows` into arrays; reads `file` into `image` unless `spec.stream`.
+
+    A `DataError` stops loading (`spec.on_error == 'raise'`) or leaves that example out and is counted
+    (`'skip'`), so a bad file never becomes a silently wrong example. `where` names the set in the log line.
+    """
+    if spec.on_error not in ON_ERROR:
+        raise DataError(f"data on_error must be one of {ON_ERROR}; got {spec.on_error!r}")
+    examples, skipped = [], []
+    for line, row in rows:
+        try:
+            example = read_row(line, row)
+            if "file" in example and not spec.stream:
+                example["image"], example["orig_size"] = read_gray(example["file"], image_size)
+        except DataError as e:
+            if spec.on_error == "raise":
+                raise
+            skipped.append(str(e))
+            continue
+        examples.append(example)
+    if skipped:
+        log.warning("%s: skipped %d of %d examples (on_error='skip'); first: %s", where, len(skipped),
+                    len(skipped) + len(examples), skipped[0])
+    return Examples(_stack(examples), skipped)
+
+
+def _stack(examples: list[dict]) -> dict[str, np.ndarray]:
+    if not examples:
+        return {}
+    arrays = {}
+    for key in examples[0]:
+        values = [e[key] for e in examples]
+        if key in STRING_KEYS:
+            arrays[key] = np.asarray([str(v) for v in values], object)
+        else:
+            arrays[key] = np.asarray(values)
+    if "image" in arrays:
+        arrays["image"] = arrays["image"][..., None].astype(np.uint8)
+    for key in ("label", "orig_size", "findings"):
+        if key in arrays:
+            arrays[key] = arrays[key].astype(np.int32)
+    return arrays
 
 
 def read_gray(path: pathlib.Path, image_size: int, *, mask: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
@@ -33,14 +93,6 @@ def read_gray(path: pathlib.Path, image_size: int, *, mask: bool = False) -> tup
         resample = Image.NEAREST if mask else Image.BILINEAR
         array = np.asarray(Image.fromarray(array).resize((image_size, image_size), resample))
     return ((array > 127).astype(np.uint8) if mask else array), (h, w)
-
-
-def read_images(files, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`read_gray` over `files`: images uint8 [N, S, S, 1] and original sizes int32 [N, 2]."""
-    if not files:
-        return np.zeros((0, image_size, image_size, 1), np.uint8), np.zeros((0, 2), np.int32)
-    images, sizes = zip(*(read_gray(f, image_size) for f in files))
-    return np.stack(images)[..., None], np.asarray(sizes, np.int32)
 
 
 def in_split(key: str, split: str) -> bool:
@@ -64,10 +116,11 @@ def square_coords(xy: np.ndarray, orig_size: tuple[int, int], image_size: int, *
 
 
 def read_csv(path: pathlib.Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV file that must have the `required` columns."""
+    """Rows of a CSV file (or `.csv.gz`) that must have the `required` columns."""
     if not path.is_file():
         raise DataError(f"{path}: file is missing")
-    with open(path, newline="") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
@@ -93,9 +146,38 @@ def require_dir(path: str | None, source: str) -> pathlib.Path:
     return root
 
 
-def _decode(path: pathlib.Path) -> np.ndarray:
+def report_text(findings: str, impression: str) -> str:
+    """The one `text` of a report: its FINDINGS and IMPRESSION sections, labelled, empty ones left out."""
+    parts = [f"FINDINGS: {findings}" if findings else "", f"IMPRESSION: {impression}" if impression else ""]
+    return " ".join(p for p in parts if p)
+
+
+def header_size(path: pathlib.Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header alone (for coordinates when pixels are streamed)."""
+    path = pathlib.Path(path)
+    _require_file(path)
+    try:
+        if path.suffix.lower() == ".dcm":
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return int(ds.Rows), int(ds.Columns)
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception as e:  # PIL and pydicom raise several types for unreadable headers.
+        raise DataError(f"{path}: cannot read the image header ({e})") from e
+
+
+def _require_file(path: pathlib.Path) -> None:
     if not path.is_file():
         raise DataError(f"{path}: image file is missing")
+
+
+def _decode(path: pathlib.Path) -> np.ndarray:
+    path = pathlib.Path(path)
+    _require_file(path)
+    if path.suffix.lower() == ".dcm":
+        return _decode_dicom(path)
     try:
         with Image.open(path) as im:
             im.load()
@@ -106,3 +188,36 @@ def _decode(path: pathlib.Path) -> np.ndarray:
         raise
     except Exception as e:  # PIL raises several types for corrupt or truncated files.
         raise DataError(f"{path}: cannot decode image ({e})") from e
+
+
+def _decode_dicom(path: pathlib.Path) -> np.ndarray:
+    """8-bit display pixels of a grayscale DICOM: modality LUT, then VOI LUT or window, MONOCHROME1 inverted.
+
+    With a VOI transform the window's output range maps to [0, 255] (what a viewer shows); without one the
+    image's own min–max does.
+    """
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+        stored = ds.pixel_array
+    except Exception as e:  # pydicom raises several types for corrupt files and missing pixel handlers.
+        raise DataError(f"{path}: cannot decode DICOM ({e})") from e
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") or stored.ndim != 2:
+        raise DataError(f"{path}: expected a single-frame grayscale DICOM (MONOCHROME1/2), got "
+                        f"{photometric or 'no PhotometricInterpretation'} with pixel shape {stored.shape}")
+    values = apply_modality_lut(stored, ds).astype(np.float64)
+    if "VOILUTSequence" in ds or "WindowCenter" in ds:
+        bits, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)) == 1
+        stored_range = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1])
+        extremes = apply_modality_lut(stored_range, ds)
+        low, high = np.sort(apply_voi_lut(extremes, ds).astype(np.float64))
+        values = apply_voi_lut(values, ds).astype(np.float64)
+    else:
+        low, high = values.min(), values.max()
+    scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+    if photometric == "MONOCHROME1":  # 0 is white: invert so bone is bright as in every other source.
+        scaled = 1.0 - scaled
+    return np.round(scaled * 255).astype(np.uint8)

@@ -12,11 +12,12 @@ import numpy as np
 
 from cxr_jax.data.sources.io import (
     DataError,
+    collect,
+    header_size,
     in_split,
     parse_number,
     read_csv,
     read_gray,
-    read_images,
     require_dir,
     square_coords,
 )
@@ -35,37 +36,48 @@ def load_chexpert(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     """CheXpert: `train.csv`/`valid.csv` and the JPGs they list.
 
     `findings` [N, 14] in CHEXPERT_OBSERVATIONS order: 1, 0, or -1 (unknown: blank, or uncertain under the
-    'ignore' policy). `label`: 0 if No Finding, 1 if any finding
-    other than Support Devices is positive, else -1.
+    'ignore' policy); `label` from `chexpert_label`.
     """
     del seed
     root = require_dir(spec.path, "chexpert")
     if spec.split not in ("train", "valid"):
         raise DataError(f"chexpert split must be train or valid; got {spec.split!r}")
-    if spec.uncertain not in UNCERTAIN:
-        raise DataError(f"data uncertain policy must be one of {sorted(UNCERTAIN)}; got {spec.uncertain!r}")
+    _check_policy(spec)
     meta = root / f"{spec.split}.csv"
     rows = read_csv(meta, ("Path", "Frontal/Lateral", *CHEXPERT_OBSERVATIONS))
     chosen = [(line, r) for line, r in enumerate(rows, start=2)
               if not spec.frontal_only or r["Frontal/Lateral"] == "Frontal"]
     chosen = chosen[:spec.num_examples] if spec.num_examples > 0 else chosen
-    findings = np.array([[_chexpert_value(meta, line, c, r[c], spec.uncertain) for c in CHEXPERT_OBSERVATIONS]
-                         for line, r in chosen], np.int32).reshape(-1, len(CHEXPERT_OBSERVATIONS))
-    disease = findings[:, 1:-1]  # Neither No Finding nor Support Devices.
-    label = np.where(findings[:, 0] == 1, 0, np.where((disease == 1).any(1), 1, -1)).astype(np.int32)
-    images, sizes = read_images([_chexpert_file(root, r["Path"], meta, line) for line, r in chosen], image_size)
-    return {"image": images, "label": label, "findings": findings, "orig_size": sizes,
-            "name": np.asarray([r["Path"] for _, r in chosen], object)}
+
+    def read_row(line, r):
+        findings = [_chexpert_value(meta, line, c, r[c], spec.uncertain) for c in CHEXPERT_OBSERVATIONS]
+        return {"file": _chexpert_file(root, r["Path"], meta, line), "name": r["Path"], "findings": findings,
+                "label": chexpert_label(findings)}
+
+    return collect(chosen, read_row, spec=spec, image_size=image_size, where=f"chexpert {spec.split}")
+
+
+def chexpert_label(findings) -> int:
+    """0 if No Finding, 1 if any finding other than Support Devices is positive, else -1 (unknown)."""
+    if findings[0] == 1:
+        return 0
+    return 1 if any(v == 1 for v in findings[1:-1]) else -1
+
+
+def _check_policy(spec) -> None:
+    if spec.uncertain not in UNCERTAIN:
+        raise DataError(f"data uncertain policy must be one of {sorted(UNCERTAIN)}; got {spec.uncertain!r}")
 
 
 def _chexpert_value(path, line, column, text, policy) -> int:
+    """A CheXpert-labeller cell ('1', '0', '-1', '1.0', …, or blank) under the uncertain-label policy."""
     text = text.strip()
     if text == "":
         return -1
-    value = int(parse_number(path, line, column, text))
+    value = parse_number(path, line, column, text)
     if value not in (-1, 0, 1):
         raise DataError(f"{path}: row {line}: {column} must be 1, 0, -1 or blank, got {text!r}")
-    return UNCERTAIN[policy] if value == -1 else value
+    return UNCERTAIN[policy] if value == -1 else int(value)
 
 
 def _chexpert_file(root: pathlib.Path, rel: str, meta, line) -> pathlib.Path:
@@ -93,31 +105,40 @@ def load_nih14(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
         rows = [r for r in rows if r["Image Index"] in names]
     rows = rows[:spec.num_examples] if spec.num_examples > 0 else rows
     index = _nih_image_index(root)
-    findings = np.zeros((len(rows), len(NIH_FINDINGS)), np.int32)
-    for i, r in enumerate(rows):
-        for name in r["Finding Labels"].split("|"):
-            if name == "No Finding":
-                continue
-            if name not in NIH_FINDINGS:
-                raise DataError(f"{meta}: {r['Image Index']}: unknown finding {name!r}; expected {NIH_FINDINGS}")
-            findings[i, NIH_FINDINGS.index(name)] = 1
-    files = []
-    for r in rows:
-        if r["Image Index"] not in index:
-            raise DataError(f"{root}: image {r['Image Index']} listed in {meta.name} is missing")
-        files.append(index[r["Image Index"]])
-    images, sizes = read_images(files, image_size)
-    names = [r["Image Index"] for r in rows]
-    boxes = _nih_boxes(root / "BBox_List_2017.csv", names, sizes, image_size)
-    return {"image": images, "label": findings.any(1).astype(np.int32), "findings": findings, "orig_size": sizes,
-            "name": np.asarray(names, object), "boxes": boxes, "box": _union(boxes)}
+    boxes = _read_boxes(root / "BBox_List_2017.csv", {r["Image Index"] for r in rows})
+    most = max([len(b) for b in boxes.values()] + [1])
+
+    def read_row(line, r):
+        name = r["Image Index"]
+        findings = np.zeros(len(NIH_FINDINGS), np.int32)
+        for finding in r["Finding Labels"].split("|"):
+            if finding != "No Finding":
+                if finding not in NIH_FINDINGS:
+                    raise DataError(f"{meta}: row {line}: unknown finding {finding!r}; expected {NIH_FINDINGS}")
+                findings[NIH_FINDINGS.index(finding)] = 1
+        if name not in index:
+            raise DataError(f"{root}: image {name} listed in {meta.name} (row {line}) is missing")
+        resized = _resize_boxes(boxes[name], most, header_size(index[name]), image_size)
+        return {"file": index[name], "name": name, "findings": findings, "label": int(findings.any()),
+                "boxes": resized, "box": _union(resized)}
+
+    return collect(enumerate(rows, start=2), read_row, spec=spec, image_size=image_size,
+                   where=f"nih14 {spec.split}")
 
 
 def _union(boxes: np.ndarray) -> np.ndarray:
-    """[N, 4] bounding box of each image's boxes; NaN where it has none."""
+    """The bounding box [4] of boxes [M, 4] (NaN padding); NaN when there are none."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # All-NaN rows are images without boxes.
-        return np.concatenate([np.nanmin(boxes[..., :2], 1), np.nanmax(boxes[..., 2:], 1)], 1).astype(np.float32)
+        warnings.simplefilter("ignore", RuntimeWarning)  # All-NaN: an image without boxes.
+        return np.concatenate([np.nanmin(boxes[:, :2], 0), np.nanmax(boxes[:, 2:], 0)]).astype(np.float32)
+
+
+def _resize_boxes(boxes: list, most: int, orig_size, image_size: int) -> np.ndarray:
+    """[most, 4] boxes (x0, y0, x1, y1) in resized pixels from original-pixel ones; NaN padding."""
+    out = np.full((most, 4), np.nan, np.float32)
+    for j, b in enumerate(boxes):
+        out[j] = square_coords([b[:2], b[2:]], orig_size, image_size, edges=True).reshape(4)
+    return out
 
 
 def _split_list(root: pathlib.Path, split: str) -> set[str]:
@@ -134,25 +155,21 @@ def _nih_image_index(root: pathlib.Path) -> dict[str, pathlib.Path]:
     return {p.name: p for pattern in ("images/*.png", "images_*/images/*.png") for p in root.glob(pattern)}
 
 
-def _nih_boxes(path: pathlib.Path, names, sizes, image_size) -> np.ndarray:
-    """[N, M, 4] boxes (x0, y0, x1, y1) in resized pixels; the CSV gives x, y, w, h in original pixels."""
+def _read_boxes(path: pathlib.Path, names: set[str]) -> dict[str, list]:
+    """Boxes (x0, y0, x1, y1) per image name from NIH's `BBox_List_2017.csv` (x, y, w, h); none if absent."""
     per_image = {n: [] for n in names}
-    if path.is_file():
-        with open(path) as f:
-            lines = f.read().splitlines()
-        for line_no, line in enumerate(lines[1:], start=2):
-            cells = line.split(",")
-            if len(cells) < 6:
-                raise DataError(f"{path}: row {line_no}: expected Image Index, Finding Label, x, y, w, h")
-            if cells[0] in per_image:
-                x, y, w, h = (parse_number(path, line_no, c, v) for c, v in zip("xywh", cells[2:6]))
-                per_image[cells[0]].append((x, y, x + w, y + h))
-    most = max([len(v) for v in per_image.values()] + [1])
-    boxes = np.full((len(names), most, 4), np.nan, np.float32)
-    for i, n in enumerate(names):
-        for j, b in enumerate(per_image[n]):
-            boxes[i, j] = square_coords([b[:2], b[2:]], tuple(sizes[i]), image_size, edges=True).reshape(4)
-    return boxes
+    if not path.is_file():
+        return per_image
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for line_no, line in enumerate(lines[1:], start=2):
+        cells = line.split(",")
+        if len(cells) < 6:
+            raise DataError(f"{path}: row {line_no}: expected Image Index, Finding Label, x, y, w, h")
+        if cells[0] in per_image:
+            x, y, w, h = (parse_number(path, line_no, c, v) for c, v in zip("xywh", cells[2:6]))
+            per_image[cells[0]].append((x, y, x + w, y + h))
+    return per_image
 
 
 def load_folder(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
@@ -172,20 +189,19 @@ def load_folder(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     chosen = chosen[:spec.num_examples] if spec.num_examples > 0 else chosen
     if not chosen:
         raise DataError(f"{meta}: no rows for split {spec.split!r}")
-    labels = []
-    for line, r in chosen:
-        text = r.get("label", "").strip()
-        if text not in ("", "0", "1"):
-            raise DataError(f"{meta}: row {line}: label must be 0, 1 or blank, got {text!r}")
-        labels.append(int(text) if text else -1)
-    images, sizes = read_images([root / r["image"] for _, r in chosen], image_size)
-    out = {"image": images, "label": np.asarray(labels, np.int32), "orig_size": sizes,
-           "name": np.asarray([r["image"] for _, r in chosen], object)}
-    if "text" in columns:
-        out["text"] = np.asarray([r["text"] for _, r in chosen], object)
-    if "mask" in columns:
-        out["has_mask"] = np.asarray([bool(r["mask"].strip()) for _, r in chosen])
-        out["mask_lesion"] = np.stack([read_gray(root / r["mask"], image_size, mask=True)[0] if r["mask"].strip()
-                                       else np.zeros((image_size, image_size), np.uint8) for _, r in chosen])
-    return out
 
+    def read_row(line, r):
+        label = r.get("label", "").strip()
+        if label not in ("", "0", "1"):
+            raise DataError(f"{meta}: row {line}: label must be 0, 1 or blank, got {label!r}")
+        example = {"file": root / r["image"], "name": r["image"], "label": int(label) if label else -1}
+        if "text" in columns:
+            example["text"] = r["text"]
+        if "mask" in columns:
+            has_mask = bool(r["mask"].strip())
+            example["has_mask"] = has_mask
+            example["mask_lesion"] = (read_gray(root / r["mask"], image_size, mask=True)[0] if has_mask
+                                      else np.zeros((image_size, image_size), np.uint8))
+        return example
+
+    return collect(chosen, read_row, spec=spec, image_size=image_size, where=f"folder {spec.split}")

@@ -15,11 +15,13 @@ import numpy as np
 
 from cxr_jax.data.sources.io import (
     DataError,
+    collect,
+    header_size,
     in_split,
     parse_number,
     read_csv,
     read_gray,
-    read_images,
+    report_text,
     require_dir,
     square_coords,
 )
@@ -37,14 +39,13 @@ def load_nih1000(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     if not rows:
         raise DataError(f"{meta}: no rows with split == {spec.split!r}")
     rows = rows[:spec.num_examples] if spec.num_examples > 0 else rows
-    labels = []
-    for line, row in rows:
-        if row["abnormal"] not in ("0", "1"):
-            raise DataError(f"{meta}: row {line}: abnormal must be 0 or 1, got {row['abnormal']!r}")
-        labels.append(int(row["abnormal"]))
-    images, sizes = read_images([root / r["image"] for _, r in rows], image_size)
-    return {"image": images, "label": np.asarray(labels, np.int32), "orig_size": sizes,
-            "name": np.asarray([r["image"] for _, r in rows], object)}
+
+    def read_row(line, r):
+        if r["abnormal"] not in ("0", "1"):
+            raise DataError(f"{meta}: row {line}: abnormal must be 0 or 1, got {r['abnormal']!r}")
+        return {"file": root / r["image"], "label": int(r["abnormal"]), "name": r["image"]}
+
+    return collect(rows, read_row, spec=spec, image_size=image_size, where=f"nih1000 {spec.split}")
 
 
 def load_jsrt(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
@@ -54,11 +55,10 @@ def load_jsrt(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     meta = root / "metadata.csv"
     rows = _split(read_csv(meta, ("image", "nodule", "nodule_x", "nodule_y", "nodule_diameter_px")), spec,
                   key=lambda r: r["image"], path=meta)
-    out = {k: [] for k in ("image", "label", "orig_size", "name", "mask_lungs", "mask_heart", "mask_clavicles",
-                           "landmarks", "box")}
-    for line, r in rows:
-        image, size = read_gray(root / r["image"], image_size)
-        name = pathlib.Path(r["image"]).stem
+
+    def read_row(line, r):
+        file, name = root / r["image"], pathlib.Path(r["image"]).stem
+        size = header_size(file)
         masks = {s: read_gray(root / "masks" / s / f"{name}.png", image_size, mask=True)[0]
                  for s in ("left_lung", "right_lung", "heart", "left_clavicle", "right_clavicle")}
         nodule = parse_number(meta, line, "nodule", r["nodule"], int)
@@ -67,16 +67,12 @@ def load_jsrt(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
             x, y, d = (parse_number(meta, line, c, r[c]) for c in ("nodule_x", "nodule_y", "nodule_diameter_px"))
             corners = [[x + 0.5 - d / 2, y + 0.5 - d / 2], [x + 0.5 + d / 2, y + 0.5 + d / 2]]  # Centre → edges.
             box = square_coords(corners, size, image_size, edges=True).reshape(4)
-        out["image"].append(image)
-        out["label"].append(nodule)
-        out["orig_size"].append(size)
-        out["name"].append(r["image"])
-        out["mask_lungs"].append(masks["left_lung"] | masks["right_lung"])
-        out["mask_heart"].append(masks["heart"])
-        out["mask_clavicles"].append(masks["left_clavicle"] | masks["right_clavicle"])
-        out["landmarks"].append(_jsrt_landmarks(root / "landmarks" / f"{name}.csv", size, image_size))
-        out["box"].append(box)
-    return _arrays(out)
+        return {"file": file, "label": nodule, "orig_size": size, "name": r["image"],
+                "mask_lungs": masks["left_lung"] | masks["right_lung"], "mask_heart": masks["heart"],
+                "mask_clavicles": masks["left_clavicle"] | masks["right_clavicle"],
+                "landmarks": _jsrt_landmarks(root / "landmarks" / f"{name}.csv", size, image_size), "box": box}
+
+    return collect(rows, read_row, spec=spec, image_size=image_size, where=f"jsrt {spec.split}")
 
 
 def _jsrt_landmarks(path: pathlib.Path, orig_size, image_size: int) -> np.ndarray:
@@ -104,15 +100,12 @@ def load_openist(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     root = require_dir(spec.path, "openist")
     meta = root / "metadata.csv"
     rows = _split(read_csv(meta, ("image", "lung_mask")), spec, key=lambda r: r["image"], path=meta)
-    out = {k: [] for k in ("image", "label", "orig_size", "name", "mask_lungs")}
-    for _, r in rows:
-        image, size = read_gray(root / r["image"], image_size)
-        out["image"].append(image)
-        out["label"].append(0)
-        out["orig_size"].append(size)
-        out["name"].append(r["image"])
-        out["mask_lungs"].append(read_gray(root / r["lung_mask"], image_size, mask=True)[0])
-    return _arrays(out)
+
+    def read_row(line, r):
+        return {"file": root / r["image"], "label": 0, "name": r["image"],
+                "mask_lungs": read_gray(root / r["lung_mask"], image_size, mask=True)[0]}
+
+    return collect(rows, read_row, spec=spec, image_size=image_size, where=f"openist {spec.split}")
 
 
 def load_covid(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
@@ -125,55 +118,48 @@ def load_covid(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     meta = root / "metadata.csv"
     rows = _split(read_csv(meta, ("image", "lung_mask", "patient_id", "finding", "clinical_notes")), spec,
                   key=lambda r: r["patient_id"], path=meta)
-    out = {k: [] for k in ("image", "label", "orig_size", "name", "mask_lungs", "has_mask", "text")}
-    for _, r in rows:
-        image, size = read_gray(root / r["image"], image_size)
+
+    def read_row(line, r):
         finding = r["finding"].strip()
         has_mask = bool(r["lung_mask"].strip())
-        mask = read_gray(root / r["lung_mask"], image_size, mask=True)[0] if has_mask else np.zeros_like(image)
-        out["image"].append(image)
-        out["label"].append(0 if finding == "No Finding" else -1 if finding in ("", "todo") else 1)
-        out["orig_size"].append(size)
-        out["name"].append(r["image"])
-        out["mask_lungs"].append(mask)
-        out["has_mask"].append(has_mask)
-        out["text"].append(r["clinical_notes"])
-    return _arrays(out)
+        mask = (read_gray(root / r["lung_mask"], image_size, mask=True)[0] if has_mask
+                else np.zeros((image_size, image_size), np.uint8))
+        return {"file": root / r["image"], "name": r["image"], "mask_lungs": mask, "has_mask": has_mask,
+                "label": 0 if finding == "No Finding" else -1 if finding in ("", "todo") else 1,
+                "text": r["clinical_notes"]}
+
+    return collect(rows, read_row, spec=spec, image_size=image_size, where=f"covid {spec.split}")
 
 
 def load_iu_reports(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
-    """Indiana University reports (text only): `text` = FINDINGS + IMPRESSION, also each on its own."""
+    """Indiana University reports (text only): `text` = FINDINGS + IMPRESSION; `report_*` each on its own."""
     del image_size, seed
     root = require_dir(spec.path, "iu_reports")
     archive = root / "NLMCXR_reports.tgz"
     if not archive.is_file():
         raise DataError(f"{archive}: file is missing (the iu_reports layout is one NLMCXR_reports.tgz)")
-    out = {k: [] for k in ("name", "findings", "impression", "text")}
+    reports = []
     with tarfile.open(archive) as tar:
         members = sorted((m for m in tar.getmembers() if m.name.endswith(".xml")), key=lambda m: m.name)
         for m in members:
             try:
-                sections = _report_sections(tar.extractfile(m).read())
+                findings, impression = _report_sections(tar.extractfile(m).read())
             except ET.ParseError as e:
                 raise DataError(f"{archive}:{m.name}: not valid XML ({e})") from e
-            if not (sections["findings"] or sections["impression"]):
-                continue
-            out["name"].append(m.name)
-            out["findings"].append(sections["findings"])
-            out["impression"].append(sections["impression"])
-            out["text"].append(f"FINDINGS: {sections['findings']} IMPRESSION: {sections['impression']}".strip())
-    keep = [line - 2 for line, _ in _split([{"name": n} for n in out["name"]], spec, key=lambda r: r["name"],
-                                           path=archive)]
-    return {k: np.asarray([v[i] for i in keep], object) for k, v in out.items()}
+            if findings or impression:
+                reports.append({"name": m.name, "report_findings": findings, "report_impression": impression,
+                                "text": report_text(findings, impression)})
+    keep = _split([{"name": r["name"]} for r in reports], spec, key=lambda r: r["name"], path=archive)
+    return {k: np.asarray([reports[line - 2][k] for line, _ in keep], object) for k in reports[0]} if reports else {}
 
 
-def _report_sections(xml: bytes) -> dict[str, str]:
+def _report_sections(xml: bytes) -> tuple[str, str]:
     sections = {"findings": "", "impression": ""}
     for node in ET.fromstring(xml).iter("AbstractText"):
         label = (node.get("Label") or "").lower()
         if label in sections and node.text:
             sections[label] = re.sub(r"\s+", " ", node.text).strip()
-    return sections
+    return sections["findings"], sections["impression"]
 
 
 def _split(rows, spec, *, key, path) -> list[tuple[int, dict]]:
@@ -182,11 +168,3 @@ def _split(rows, spec, *, key, path) -> list[tuple[int, dict]]:
         raise DataError(f"{path}: split must be all, train or valid for this layout; got {spec.split!r}")
     chosen = [(line, r) for line, r in enumerate(rows, start=2) if in_split(key(r), spec.split)]
     return chosen[:spec.num_examples] if spec.num_examples > 0 else chosen
-
-
-def _arrays(out: dict[str, list]) -> dict[str, np.ndarray]:
-    arrays = {k: (np.asarray(v, object) if k in ("name", "text") else np.asarray(v)) for k, v in out.items()}
-    arrays["image"] = arrays["image"][..., None].astype(np.uint8)
-    arrays["label"] = arrays["label"].astype(np.int32)
-    arrays["orig_size"] = arrays["orig_size"].astype(np.int32)
-    return arrays
