@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.1.0",
     "chex>=0.1.92",
     "pillow>=11.0",
+    "pydicom>=3.0",  # RSNA and other DICOM sets (JPEG baseline through pillow).
     "scipy>=1.13",
     "scikit-learn>=1.6",
     "matplotlib>=3.9",

@@ -67,6 +67,8 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     inspect.add_argument("--path", help="a directory in the source's layout")
     inspect.add_argument("--split", default="all", help="split to read (all, train, valid; nih1000: train, valid)")
     inspect.add_argument("--num-examples", type=int, default=0, help="phantom: how many images to draw")
+    inspect.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                         help="a bad file or row: stop with its name, or leave it out and count it")
     show = actions.add_parser("show", help="write a contact sheet PNG (masks, landmarks, boxes, text)")
     show.add_argument("source")
     show.add_argument("--path", help="a directory in the source's layout")
@@ -82,6 +84,7 @@ def _data_spec(args, num_examples: int):
 
     spec = common.base("data").data.train
     spec.source, spec.path, spec.split, spec.num_examples = args.source, args.path, args.split, num_examples
+    spec.on_error = getattr(args, "on_error", spec.on_error)
     return spec
 
 

@@ -178,7 +178,7 @@ def test_data_cli(tmp_path, capsys):
     assert main(["data", "inspect", "jsrt", "--path", str(tmp_path)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert set(summary) == {"num_images", "image_size_range", "label_counts", "num_with_masks",
-                            "num_with_landmarks", "num_with_boxes", "num_with_text"}
+                            "num_with_landmarks", "num_with_boxes", "num_with_text", "num_skipped"}
     assert summary["num_images"] == 2 and summary["image_size_range"] == {"min_hw": [16, 16], "max_hw": [16, 16]}
 
 

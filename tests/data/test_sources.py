@@ -36,7 +36,9 @@ def test_nih1000_fixture_loads_and_pads_to_square(tmp_path):
     ("missing_column", "missing required column"),
     ("missing_file", "image file is missing"),
     ("rgb", "expected an 8-bit grayscale image"),
+    ("16bit", r"expected an 8-bit grayscale image \(mode L\), got mode I;16"),
     ("corrupt", "cannot decode image"),
+    ("truncated", "cannot decode image"),
     ("bad_label", "abnormal must be 0 or 1"),
     ("no_rows", "no rows with split"),
 ])
@@ -47,8 +49,14 @@ def test_nih1000_bad_input_names_the_file(tmp_path, problem, message):
     _write_nih(tmp_path, [("images/a.png", split, label)], header=header)
     if problem == "rgb":
         _png(tmp_path / "images" / "a.png", mode="RGB")
+    elif problem == "16bit":
+        Image.fromarray(np.full((6, 8), 4000, np.uint16)).save(tmp_path / "images" / "a.png")
     elif problem == "corrupt":
-        (tmp_path / "images" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        (tmp_path / "images" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    elif problem == "truncated":
+        _png(tmp_path / "images" / "a.png")
+        data = (tmp_path / "images" / "a.png").read_bytes()
+        (tmp_path / "images" / "a.png").write_bytes(data[:len(data) // 2])
     elif problem != "missing_file":
         _png(tmp_path / "images" / "a.png")
     with pytest.raises(sources.DataError, match=message) as info:
@@ -56,9 +64,27 @@ def test_nih1000_bad_input_names_the_file(tmp_path, problem, message):
     assert str(tmp_path) in str(info.value)
 
 
+def test_skip_mode_leaves_bad_examples_out_and_counts_them(tmp_path, caplog):
+    rows = [("images/a.png", "train", "1"), ("images/gone.png", "train", "0"), ("images/rgb.png", "train", "0"),
+            ("images/b.png", "train", "2"), ("images/c.png", "train", "0")]
+    _write_nih(tmp_path, rows)
+    for name in "abc":
+        _png(tmp_path / "images" / f"{name}.png")
+    _png(tmp_path / "images" / "rgb.png", mode="RGB")
+    spec = data_spec("nih1000", tmp_path, "train", on_error="skip")
+    data = sources.load(spec, image_size=8, seed=0)
+    assert list(data["name"]) == ["images/a.png", "images/c.png"]  # The good rows keep their own labels.
+    np.testing.assert_array_equal(data["label"], [1, 0])
+    assert len(data.skipped) == 3 and "gone.png: image file is missing" in data.skipped[0]
+    assert sources.describe(data)["num_skipped"] == 3
+    assert "nih1000 train: skipped 3 of 5 examples" in caplog.text
+    with pytest.raises(sources.DataError, match="on_error must be one of"):
+        sources.load(data_spec("nih1000", tmp_path, "train", on_error="ignore"), image_size=8, seed=0)
+
+
 def test_unknown_source_and_missing_path():
-    with pytest.raises(sources.DataError, match="unknown data source 'mimic'"):
-        sources.load(_spec("mimic"), image_size=8, seed=0)
+    with pytest.raises(sources.DataError, match="unknown data source 'nope'"):
+        sources.load(_spec("nope"), image_size=8, seed=0)
     with pytest.raises(sources.DataError, match="needs data.<split>.path"):
         sources.load(_spec("nih1000"), image_size=8, seed=0)
 

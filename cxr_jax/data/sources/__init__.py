@@ -10,8 +10,11 @@ A loader returns a dict of NumPy arrays sharing their leading length N. Keys, wh
   box          float32 [N, 4]      lesion box (x0, y0, x1, y1) in resized pixels, NaN where absent
   boxes        float32 [N, M, 4]   every box where there can be several (NaN padding); `box` is their union
   findings     int32 [N, F]        per-finding labels in the source's order (1, 0, -1 unknown)
-  text         object [N]          report or note text
-Loading into memory suits the small sets here; file-streaming loaders for large sets belong beside these.
+  text         object [N]          report or note text (reports: "FINDINGS: … IMPRESSION: …")
+  report_findings, report_impression   object [N]   the two report sections on their own
+  file         object [N]          the image file; with `data.*.stream` it replaces `image` (decoded in tf.data)
+Every loader reads its rows through `io.collect`, so `data.*.on_error` ('raise' | 'skip') and `data.*.stream`
+(keep `file`, decode in the pipeline) work the same for every source.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from cxr_jax.data import phantom
-from cxr_jax.data.sources import public, shared
+from cxr_jax.data.sources import mimic, public, rsna, shared
 from cxr_jax.data.sources.io import DataError, read_gray
 
 __all__ = ["DataError", "SOURCES", "describe", "labelled_images", "load", "read_gray"]
@@ -46,13 +49,14 @@ def load_phantom(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def labelled_images(data: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
-    """`image` and `label` of the examples whose label is known (0 or 1), for classification."""
-    if "image" not in data:
+    """`image` (or, streamed, `file`) and `label` of the examples whose label is known (0 or 1)."""
+    key = "image" if "image" in data else "file"
+    if key not in data:
         raise DataError(f"data source {source!r} has no images")
     keep = data["label"] >= 0
     if not keep.any():
         raise DataError(f"data source {source!r}: no example has a known normal/abnormal label")
-    return {"image": data["image"][keep], "label": data["label"][keep]}
+    return {key: data[key][keep], "label": data["label"][keep]}
 
 
 def describe(data: dict[str, np.ndarray]) -> dict:
@@ -66,12 +70,14 @@ def describe(data: dict[str, np.ndarray]) -> dict:
     def finite(key, axes):
         return int(np.isfinite(data[key]).all(axis=axes).sum()) if key in data else 0
 
+    images = data.get("image", data.get("file", ()))
     return {
-        "num_images": int(len(data["image"])) if "image" in data else 0,
+        "num_images": len(images),
+        "num_skipped": len(getattr(data, "skipped", ())),
         "image_size_range": ({"min_hw": sizes.min(0).tolist(), "max_hw": sizes.max(0).tolist()}
                              if sizes is not None and len(sizes) else None),
         "label_counts": {"normal": int((labels == 0).sum()), "abnormal": int((labels == 1).sum()),
-                         "unknown": int((labels < 0).sum())} if "image" in data else {},
+                         "unknown": int((labels < 0).sum())} if len(images) else {},
         "num_with_masks": int(has_mask.sum()),
         "num_with_landmarks": finite("landmarks", (1, 2)),
         "num_with_boxes": finite("box", 1),
@@ -89,5 +95,7 @@ SOURCES = {
     "iu_reports": (shared.load_iu_reports, "Indiana University report XMLs (text only)"),
     "chexpert": (public.load_chexpert, "CheXpert: train.csv/valid.csv + JPGs (data.*.uncertain policy)"),
     "nih14": (public.load_nih14, "NIH ChestX-ray14: Data_Entry_2017.csv, BBox_List_2017.csv, images/"),
+    "mimic": (mimic.load_mimic, "MIMIC-CXR-JPG: metadata/chexpert/split CSVs, files/p*/…jpg, report sections"),
+    "rsna": (rsna.load_rsna, "RSNA Pneumonia: DICOMs (VOI LUT, MONOCHROME1), boxes, detailed classes"),
     "folder": (public.load_folder, "any folder with metadata.csv: image[, label, split, text, mask]"),
 }

@@ -193,8 +193,8 @@ def _decode(path: pathlib.Path) -> np.ndarray:
 def _decode_dicom(path: pathlib.Path) -> np.ndarray:
     """8-bit display pixels of a grayscale DICOM: modality LUT, then VOI LUT or window, MONOCHROME1 inverted.
 
-    With a VOI transform the window's output range maps to [0, 255] (what a viewer shows); without one the
-    image's own min–max does.
+    With a VOI transform the window's output range maps to [0, 255] (what a viewer shows); without one an
+    8-bit image is shown as stored and a deeper one by its own min–max.
     """
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -208,15 +208,17 @@ def _decode_dicom(path: pathlib.Path) -> np.ndarray:
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or stored.ndim != 2:
         raise DataError(f"{path}: expected a single-frame grayscale DICOM (MONOCHROME1/2), got "
                         f"{photometric or 'no PhotometricInterpretation'} with pixel shape {stored.shape}")
-    values = apply_modality_lut(stored, ds).astype(np.float64)
+    bits, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)) == 1
+    extremes = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1])
+    values, extremes = apply_modality_lut(stored, ds), apply_modality_lut(extremes, ds)
+    if "VOILUTSequence" in ds:  # A lookup table indexes by integer values.
+        values, extremes = np.round(values).astype(np.int64), np.round(extremes).astype(np.int64)
     if "VOILUTSequence" in ds or "WindowCenter" in ds:
-        bits, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)) == 1
-        stored_range = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1])
-        extremes = apply_modality_lut(stored_range, ds)
-        low, high = np.sort(apply_voi_lut(extremes, ds).astype(np.float64))
-        values = apply_voi_lut(values, ds).astype(np.float64)
-    else:
-        low, high = values.min(), values.max()
+        values, extremes = apply_voi_lut(values, ds), apply_voi_lut(extremes, ds)
+    elif bits > 8:  # No display transform for a deep image: its own range; 8-bit ones are shown as stored.
+        extremes = np.array([values.min(), values.max()])
+    low, high = np.sort(extremes.astype(np.float64))
+    values = values.astype(np.float64)
     scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
     if photometric == "MONOCHROME1":  # 0 is white: invert so bone is bright as in every other source.
         scaled = 1.0 - scaled

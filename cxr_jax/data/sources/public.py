@@ -42,7 +42,7 @@ def load_chexpert(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     root = require_dir(spec.path, "chexpert")
     if spec.split not in ("train", "valid"):
         raise DataError(f"chexpert split must be train or valid; got {spec.split!r}")
-    _check_policy(spec)
+    check_policy(spec)
     meta = root / f"{spec.split}.csv"
     rows = read_csv(meta, ("Path", "Frontal/Lateral", *CHEXPERT_OBSERVATIONS))
     chosen = [(line, r) for line, r in enumerate(rows, start=2)
@@ -50,7 +50,7 @@ def load_chexpert(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     chosen = chosen[:spec.num_examples] if spec.num_examples > 0 else chosen
 
     def read_row(line, r):
-        findings = [_chexpert_value(meta, line, c, r[c], spec.uncertain) for c in CHEXPERT_OBSERVATIONS]
+        findings = [chexpert_value(meta, line, c, r[c], spec.uncertain) for c in CHEXPERT_OBSERVATIONS]
         return {"file": _chexpert_file(root, r["Path"], meta, line), "name": r["Path"], "findings": findings,
                 "label": chexpert_label(findings)}
 
@@ -64,12 +64,13 @@ def chexpert_label(findings) -> int:
     return 1 if any(v == 1 for v in findings[1:-1]) else -1
 
 
-def _check_policy(spec) -> None:
+def check_policy(spec) -> None:
+    """The uncertain-label policy must be one of UNCERTAIN."""
     if spec.uncertain not in UNCERTAIN:
         raise DataError(f"data uncertain policy must be one of {sorted(UNCERTAIN)}; got {spec.uncertain!r}")
 
 
-def _chexpert_value(path, line, column, text, policy) -> int:
+def chexpert_value(path, line, column, text, policy) -> int:
     """A CheXpert-labeller cell ('1', '0', '-1', '1.0', …, or blank) under the uncertain-label policy."""
     text = text.strip()
     if text == "":
@@ -118,22 +119,22 @@ def load_nih14(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
                 findings[NIH_FINDINGS.index(finding)] = 1
         if name not in index:
             raise DataError(f"{root}: image {name} listed in {meta.name} (row {line}) is missing")
-        resized = _resize_boxes(boxes[name], most, header_size(index[name]), image_size)
+        resized = resize_boxes(boxes[name], most, header_size(index[name]), image_size)
         return {"file": index[name], "name": name, "findings": findings, "label": int(findings.any()),
-                "boxes": resized, "box": _union(resized)}
+                "boxes": resized, "box": union(resized)}
 
     return collect(enumerate(rows, start=2), read_row, spec=spec, image_size=image_size,
                    where=f"nih14 {spec.split}")
 
 
-def _union(boxes: np.ndarray) -> np.ndarray:
+def union(boxes: np.ndarray) -> np.ndarray:
     """The bounding box [4] of boxes [M, 4] (NaN padding); NaN when there are none."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # All-NaN: an image without boxes.
         return np.concatenate([np.nanmin(boxes[:, :2], 0), np.nanmax(boxes[:, 2:], 0)]).astype(np.float32)
 
 
-def _resize_boxes(boxes: list, most: int, orig_size, image_size: int) -> np.ndarray:
+def resize_boxes(boxes: list, most: int, orig_size, image_size: int) -> np.ndarray:
     """[most, 4] boxes (x0, y0, x1, y1) in resized pixels from original-pixel ones; NaN padding."""
     out = np.full((most, 4), np.nan, np.float32)
     for j, b in enumerate(boxes):
