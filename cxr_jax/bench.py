@@ -1,7 +1,8 @@
 """`cxr-jax bench`: compile, warm up and time a method's train step; compare with this machine's peak.
 
 Timings are medians over steps with the same (already prefetched) batch, so they measure the compiled step;
-`input_examples_per_sec` times the input pipeline on its own.
+`input_examples_per_sec` times the input pipeline on its own. `cxr-jax bench --data` times the input side
+alone: reading the source, and each augmentation pipeline in tf.data from memory and streamed from files.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import tensorflow as tf
 
+from cxr_jax.data import augment, pipeline, sources
 from cxr_jax.train import loop
 
 
@@ -82,3 +86,54 @@ def _input_rate(batches, batch_size: int, num: int) -> float:
     for _ in range(num):
         jax.block_until_ready(next(batches))
     return batch_size * num / (time.perf_counter() - t0)
+
+
+def _pipelines(size: int) -> dict:
+    """Per-example tf.data functions of (uint8 image, seed), by name: the methods' training augmentations."""
+    convirt, ld = augment.augment_config("convirt", size), augment.augment_config("ld", size)
+
+    def ld_views(image, seed):  # One image's two views as LD draws them: shared base, own jitter, view 2 turned.
+        s = tf.unstack(augment.split_seed(seed, 4))
+        base = augment.ld_base(image, s[0], ld)
+        turned = augment.rot_flip(augment.ld_jitter(base, s[2], ld), k=2, flip=True)
+        return tf.stack([augment.ld_jitter(base, s[1], ld), turned])
+
+    return {
+        "decode": lambda image, seed: augment.to_unit(image),
+        "classifier": lambda image, seed: augment.random_contrast(
+            augment.random_shift(augment.to_float(image), seed, 4), seed[::-1], 0.2),
+        "convirt": lambda image, seed: augment.convirt_view(augment.to_unit(image), seed, convirt),
+        "ld": lambda image, seed: ld_views(augment.to_unit(image), seed),
+    }
+
+
+def run_data(config: ml_collections.ConfigDict, *, num_batches: int = 20) -> dict[str, float]:
+    """Images/s of reading `config.data.train` and of each augmentation pipeline, from memory and streamed."""
+    spec, size = config.data.train.copy_and_resolve_references(), config.image_size
+    spec.stream = False  # Decode everything once (timed), then time the pipelines from memory and from files.
+    t0 = time.perf_counter()
+    data = sources.load(spec, image_size=size, seed=config.seed)
+    result = {"source": spec.source, "image_size": size, "batch_size": config.batch_size,
+              "num_images": len(data["image"]), "load_images_per_sec": len(data["image"]) / (time.perf_counter() - t0)}
+    for name, fn in _pipelines(size).items():
+        result[f"{name}_images_per_sec"] = _pipeline_rate({"image": data["image"]}, fn, config, num_batches)
+    if "file" in data:  # Sources read from files can also stream them.
+        files = {"file": data["file"]}
+        for name in ("decode", "convirt"):
+            result[f"stream_{name}_images_per_sec"] = _pipeline_rate(files, _pipelines(size)[name], config,
+                                                                     num_batches)
+    return result
+
+
+def _pipeline_rate(examples: dict[str, np.ndarray], fn, config, num_batches: int) -> float:
+    """Images/s of `fn` over this host's batches (after one warm-up batch), on the host only."""
+    ds, reader = pipeline.train_dataset(
+        examples, preprocess=lambda e: {"image": fn(e["image"], e["seed"])}, global_batch=config.batch_size,
+        seed=config.seed, start_step=0, rows=(0, config.batch_size), prefetch=config.data.prefetch,
+        image_size=config.image_size, on_error=config.data.train.on_error)
+    batches = pipeline.as_numpy(ds, reader)
+    next(batches)
+    t0 = time.perf_counter()
+    for _ in range(num_batches):
+        next(batches)
+    return config.batch_size * num_batches / (time.perf_counter() - t0)

@@ -46,12 +46,18 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
     _add_config(parser, workdir=False)
     parser.add_argument("--out", help="also write the JSON result to this file")
     parser.add_argument("--matmul-size", type=int, default=2048, help="side of the peak-FLOP/s matmul")
+    parser.add_argument("--data", action="store_true",
+                        help="time the input side instead: reading data.train and each augmentation pipeline")
+    parser.add_argument("--num-batches", type=int, default=20, help="--data: batches timed per pipeline")
 
 
 def _bench(args, config) -> int:
     from cxr_jax import bench
 
-    result = bench.run(config, matmul_size=args.matmul_size)
+    if args.data:
+        result = bench.run_data(config, num_batches=args.num_batches)
+    else:
+        result = bench.run(config, matmul_size=args.matmul_size)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

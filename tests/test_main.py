@@ -2,7 +2,7 @@
 
 import json
 
-from tests.conftest import SMOKE, run_cli
+from tests.conftest import SMOKE, image_folder, run_cli
 
 
 def test_train_evaluate_bench(tmp_path):
@@ -44,3 +44,23 @@ def test_data_errors_are_clear(tmp_path):
 def test_evaluate_without_checkpoint_is_clear(tmp_path):
     proc = run_cli("evaluate", "--config", SMOKE, "--workdir", str(tmp_path), check=False)
     assert proc.returncode != 0 and "no checkpoint under" in proc.stderr
+
+
+def test_streamed_training_skips_a_bad_file_and_bench_data(tmp_path):
+    image_folder(tmp_path / "data", num=12, bad=(5,))
+    data = [f"--config.data.{s}.{k}={v}" for s in ("train", "eval")
+            for k, v in (("source", "nih1000"), ("path", tmp_path / "data"), ("split", "train"), ("stream", True))]
+    proc = run_cli("train", "--config", SMOKE, "--workdir", str(tmp_path / "w"), *data, check=False)
+    assert proc.returncode == 2 and "5.png: cannot decode image" in proc.stderr and "Traceback" not in proc.stderr
+    skip = [f"--config.data.{s}.on_error=skip" for s in ("train", "eval")]
+    proc = run_cli("train", "--config", SMOKE, "--workdir", str(tmp_path / "w"), *data, *skip)
+    assert "skipping a bad image (1 so far)" in proc.stderr
+    run_cli("evaluate", "--config", SMOKE, "--workdir", str(tmp_path / "w"), *data, *skip)
+    result = json.loads((tmp_path / "w/eval/metrics.json").read_text())
+    assert result["num_examples"] == 11  # The bad image is dropped from evaluation, not replaced.
+
+    out = tmp_path / "data.json"
+    run_cli("bench", "--config", SMOKE, "--data", "--num-batches", "2", "--out", str(out), *data[:4], skip[0])
+    bench = json.loads(out.read_text())
+    for name in ("load", "decode", "classifier", "convirt", "ld", "stream_decode", "stream_convirt"):
+        assert bench[f"{name}_images_per_sec"] > 0, name

@@ -8,9 +8,10 @@ import pathlib
 
 import jax
 import ml_collections
+import numpy as np
 
 from cxr_jax import parallel
-from cxr_jax.data import pipeline, sources
+from cxr_jax.data import pipeline
 from cxr_jax.evaluate import common
 
 
@@ -23,12 +24,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
     method = METHODS[config.method](config)
     outdir = pathlib.Path(workdir) / "eval"
     outdir.mkdir(parents=True, exist_ok=True)
-    probe_spec = config.data.eval.copy_and_resolve_references()
-    probe_spec.num_examples = config.batch_size  # Only the shapes matter here.
-    probe = sources.load(probe_spec, image_size=config.image_size, seed=config.seed)
-    batch = next(pipeline.eval_batches({"image": probe["image"]}, batch_size=config.batch_size,
-                                       preprocess=method.preprocess_eval))
-    batch.pop("mask")
+    blank = np.zeros((config.batch_size, config.image_size, config.image_size, 1), np.uint8)
+    batch = next(pipeline.eval_batches({"image": blank}, batch_size=config.batch_size,
+                                       preprocess=method.preprocess_eval))  # Only the shapes matter here.
+    batch.pop("mask"), batch.pop("row")
     state, step = common.restore_latest(workdir, method, batch, mesh)
     result = {"step": float(step), **EVALUATORS[config.method](method, state, mesh, outdir)}
     if jax.process_index() == 0:

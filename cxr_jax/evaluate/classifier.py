@@ -18,11 +18,13 @@ from cxr_jax.evaluate import common  # noqa: E402
 def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     """Scores the eval split; writes `roc.png` to `outdir`."""
     config = method.config
-    examples = sources.load(config.data.eval, image_size=config.image_size, seed=config.seed)
-    examples = sources.labelled_images(examples, config.data.eval.source)
-    logits = common.predict(method.predict, state, examples, preprocess=method.preprocess_eval,
-                            batch_size=config.batch_size, mesh=mesh)
-    labels = examples["label"]
+    spec = config.data.eval
+    examples = sources.labelled_images(sources.load(spec, image_size=config.image_size, seed=config.seed),
+                                       spec.source)
+    logits, rows = common.predict(method.predict, state, examples, preprocess=method.preprocess_eval,
+                                  batch_size=config.batch_size, mesh=mesh, image_size=config.image_size,
+                                  on_error=spec.on_error)
+    labels = examples["label"][rows]
     result = binary_metrics(labels=labels, logits=logits)
     _plot_roc(labels, logits, result["auc"], outdir / "roc.png")
     return result

@@ -26,15 +26,22 @@ def restore_latest(workdir: str | pathlib.Path, method, batch: dict, mesh) -> tu
     return state, step
 
 
-def predict(fn: Callable, state, examples: dict[str, np.ndarray], *, preprocess, batch_size: int, mesh) -> np.ndarray:
-    """`fn(state, batch)` over every example in order, padding removed; returns NumPy on every host."""
+def predict(fn: Callable, state, examples: dict[str, np.ndarray], *, preprocess, batch_size: int, mesh,
+            image_size: int | None = None, on_error: str = "raise") -> tuple[np.ndarray, np.ndarray]:
+    """`fn(state, batch)` over every example in order, padding removed; NumPy on every host.
+
+    Returns the outputs and the rows of `examples` they belong to (all rows, unless streamed bad files were
+    skipped). `image_size` and `on_error` apply to streamed examples (`file` instead of `image`).
+    """
     jitted = _jit(fn, mesh)
-    outputs = []
-    for batch in pipeline.eval_batches(examples, batch_size=batch_size, preprocess=preprocess):
+    outputs, rows = [], []
+    for batch in pipeline.eval_batches(examples, batch_size=batch_size, preprocess=preprocess,
+                                       image_size=image_size, on_error=on_error):
         mask = batch.pop("mask") > 0
+        rows.append(batch.pop("row")[mask])
         out = jax.device_get(jitted(state, parallel.from_full(batch, mesh)))
         outputs.append(jax.tree.map(lambda x, m=mask: x[m], out))
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs), np.concatenate(rows)
 
 
 @functools.cache

@@ -52,7 +52,8 @@ def setup(config: ml_collections.ConfigDict, start_step: int = 0, *, mesh: jax.s
     examples, preprocess = method.train_data()
     batches = pipeline.train_iterator(examples, preprocess=preprocess, global_batch=config.batch_size,
                                       seed=config.seed, start_step=start_step, mesh=mesh,
-                                      prefetch=config.data.prefetch)
+                                      prefetch=config.data.prefetch, image_size=config.image_size,
+                                      on_error=config.data.train.on_error)
     first = next(batches)
     replicated = parallel.replicated(mesh)
     rng = jax.random.key(config.seed)

@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
 
-from cxr_jax.data import pipeline
+from cxr_jax.data import pipeline, sources
+from tests.conftest import data_spec, image_folder
 
 N = 10
 
@@ -10,7 +12,7 @@ def _examples():
 
 
 def _take(steps, *, global_batch=4, start_step=0, rows=(0, 4), seed=3):
-    ds = pipeline.train_dataset(_examples(), preprocess=lambda e: e, global_batch=global_batch, seed=seed,
+    ds, _ = pipeline.train_dataset(_examples(), preprocess=lambda e: e, global_batch=global_batch, seed=seed,
                                 start_step=start_step, rows=rows)
     return [b for _, b in zip(range(steps), ds.as_numpy_iterator())]
 
@@ -51,3 +53,48 @@ def test_eval_batches_cover_the_set_once_with_padding_masked():
     assert [len(b["index"]) for b in batches] == [4, 4, 4]
     kept = np.concatenate([b["index"][b["mask"] > 0] for b in batches])
     np.testing.assert_array_equal(kept, np.arange(N))
+
+
+def _stream(examples, steps, *, start_step=0, on_error="raise"):
+    ds, reader = pipeline.train_dataset(examples, preprocess=lambda e: e, global_batch=4, seed=1,
+                                        start_step=start_step, rows=(0, 4), image_size=8, on_error=on_error)
+    return [b for _, b in zip(range(steps), pipeline.as_numpy(ds, reader))], reader
+
+
+def test_streamed_files_give_the_same_batches_as_memory(tmp_path):
+    image_folder(tmp_path)
+    memory = sources.load(data_spec("nih1000", tmp_path, "train"), image_size=8, seed=0)
+    streamed = sources.load(data_spec("nih1000", tmp_path, "train", stream=True), image_size=8, seed=0)
+    assert "image" not in streamed and list(streamed["file"]) == list(memory["file"])
+    a = _stream({"image": memory["image"], "label": memory["label"]}, 4)[0]
+    b = _stream({"file": streamed["file"], "label": streamed["label"]}, 4)[0]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_streamed_bad_file_raises_its_name_or_is_replaced_in_place(tmp_path):
+    image_folder(tmp_path, bad=(3,))
+    files = sources.load(data_spec("nih1000", tmp_path, "train", stream=True), image_size=8, seed=0)["file"]
+    with pytest.raises(sources.DataError, match=r"3.png: cannot decode image"):
+        _stream({"file": files}, 4)
+    batches, reader = _stream({"file": files}, 6, on_error="skip")
+    values = np.concatenate([b["image"][:, 4, 4, 0] for b in batches])
+    assert set(values) == {15 * i + 5 for i in (0, 1, 2, 4, 5)}  # Row 3 shows file 4 instead.
+    assert list(reader.bad) == [3] and "3.png" in reader.bad[3]
+    resumed, _ = _stream({"file": files}, 3, start_step=3, on_error="skip")
+    for x, y in zip(batches[3:], resumed):
+        np.testing.assert_array_equal(x["image"], y["image"])  # Positions, hence resumption, unchanged.
+
+
+def test_streamed_eval_drops_bad_files_and_keeps_rows_aligned(tmp_path):
+    image_folder(tmp_path, bad=(1,))
+    examples = {"file": sources.load(data_spec("nih1000", tmp_path, "train", stream=True), image_size=8,
+                                     seed=0)["file"], "label": np.arange(6)}
+    batches = list(pipeline.eval_batches(examples, batch_size=4, image_size=8, on_error="skip"))
+    kept = np.concatenate([b["row"][b["mask"] > 0] for b in batches])
+    labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+    values = np.concatenate([b["image"][b["mask"] > 0][:, 4, 4, 0] for b in batches])
+    np.testing.assert_array_equal(kept, [0, 2, 3, 4, 5])
+    np.testing.assert_array_equal(labels, kept)
+    np.testing.assert_array_equal(values, 15 * kept + 5)

@@ -8,7 +8,7 @@ import pytest
 from cxr_jax import checkpoint, evaluate, metrics
 from cxr_jax import config as config_lib
 from cxr_jax.train import classifier, loop
-from tests.conftest import SMOKE, assert_trees_equal, final_state
+from tests.conftest import SMOKE, assert_trees_equal, final_state, image_folder
 
 
 def _train(workdir, *overrides):
@@ -93,3 +93,12 @@ def test_resume_after_finish_restores_and_does_nothing(tmp_path):
     state, step = final_state(SMOKE, tmp_path)
     assert step == 6
     assert_trees_equal(state.params, jax.device_get(first.params))
+
+
+def test_streaming_from_files_trains_exactly_as_from_memory(tmp_path):
+    image_folder(tmp_path / "data", num=16)
+    data = [f"data.train.{k}={v}" for k, v in (("source", "nih1000"), ("path", tmp_path / "data"),
+                                                ("split", "train"))]
+    memory = _train(tmp_path / "memory", *data)
+    streamed = _train(tmp_path / "streamed", *data, "data.train.stream=True")
+    assert_trees_equal(jax.device_get(memory.params), jax.device_get(streamed.params))
