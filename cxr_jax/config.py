@@ -35,6 +35,10 @@ COMMON_KEYS: dict[str, tuple[type, ...]] = {
     "data.eval.source": (str,),
     "data.eval.path": (str, type(None)),
     "data.eval.split": (str,),
+    "data.train.on_error": (str,),
+    "data.eval.on_error": (str,),
+    "data.train.stream": (bool,),
+    "data.eval.stream": (bool,),
 }
 
 
