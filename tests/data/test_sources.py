@@ -78,6 +78,9 @@ def test_skip_mode_leaves_bad_examples_out_and_counts_them(tmp_path, caplog):
     assert len(data.skipped) == 3 and "gone.png: image file is missing" in data.skipped[0]
     assert sources.describe(data)["num_skipped"] == 3
     assert "nih1000 train: skipped 3 of 5 examples" in caplog.text
+    _write_nih(tmp_path, rows[1:3])
+    with pytest.raises(sources.DataError, match="nih1000 train: all 2 examples are bad"):
+        sources.load(spec, image_size=8, seed=0)
     with pytest.raises(sources.DataError, match="on_error must be one of"):
         sources.load(data_spec("nih1000", tmp_path, "train", on_error="ignore"), image_size=8, seed=0)
 

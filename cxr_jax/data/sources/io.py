@@ -52,6 +52,8 @@ def collect(rows: Iterable[tuple[int, dict]], read_row: Callable[[int, dict], di
             skipped.append(str(e))
             continue
         examples.append(example)
+    if skipped and not examples:
+        raise DataError(f"{where}: all {len(skipped)} examples are bad (on_error='skip'); first: {skipped[0]}")
     if skipped:
         log.warning("%s: skipped %d of %d examples (on_error='skip'); first: %s", where, len(skipped),
                     len(skipped) + len(examples), skipped[0])
