@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_jax.data import augment, pipeline, sources
+from cxr_jax.methods import METHODS
 from cxr_jax.train import loop
 
 
@@ -88,9 +89,14 @@ def _input_rate(batches, batch_size: int, num: int) -> float:
     return batch_size * num / (time.perf_counter() - t0)
 
 
-def _pipelines(size: int) -> dict:
-    """Per-example tf.data functions of (uint8 image, seed), by name: the methods' training augmentations."""
+def _pipelines(config: ml_collections.ConfigDict) -> dict:
+    """Per-example tf.data functions of (uint8 image, seed), by name.
+
+    The config's method's own training preprocessing, and the ConVIRT and LD augmentations at its image size.
+    """
+    size = config.image_size
     convirt, ld = augment.augment_config("convirt", size), augment.augment_config("ld", size)
+    method = METHODS[config.method](config)
 
     def ld_views(image, seed):  # One image's two views as LD draws them: shared base, own jitter, view 2 turned.
         s = tf.unstack(augment.split_seed(seed, 4))
@@ -100,8 +106,8 @@ def _pipelines(size: int) -> dict:
 
     return {
         "decode": lambda image, seed: augment.to_unit(image),
-        "classifier": lambda image, seed: augment.random_contrast(
-            augment.random_shift(augment.to_float(image), seed, 4), seed[::-1], 0.2),
+        config.method: lambda image, seed: method.preprocess_train(
+            {"image": image, "label": tf.constant(0), "seed": seed})["image"],
         "convirt": lambda image, seed: augment.convirt_view(augment.to_unit(image), seed, convirt),
         "ld": lambda image, seed: ld_views(augment.to_unit(image), seed),
     }
@@ -115,13 +121,13 @@ def run_data(config: ml_collections.ConfigDict, *, num_batches: int = 20) -> dic
     data = sources.load(spec, image_size=size, seed=config.seed)
     result = {"source": spec.source, "image_size": size, "batch_size": config.batch_size,
               "num_images": len(data["image"]), "load_images_per_sec": len(data["image"]) / (time.perf_counter() - t0)}
-    for name, fn in _pipelines(size).items():
+    pipelines = _pipelines(config)
+    for name, fn in pipelines.items():
         result[f"{name}_images_per_sec"] = _pipeline_rate({"image": data["image"]}, fn, config, num_batches)
     if "file" in data:  # Sources read from files can also stream them.
-        files = {"file": data["file"]}
         for name in ("decode", "convirt"):
-            result[f"stream_{name}_images_per_sec"] = _pipeline_rate(files, _pipelines(size)[name], config,
-                                                                     num_batches)
+            result[f"stream_{name}_images_per_sec"] = _pipeline_rate({"file": data["file"]}, pipelines[name],
+                                                                     config, num_batches)
     return result
 
 

@@ -27,7 +27,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
     blank = np.zeros((config.batch_size, config.image_size, config.image_size, 1), np.uint8)
     batch = next(pipeline.eval_batches({"image": blank}, batch_size=config.batch_size,
                                        preprocess=method.preprocess_eval))  # Only the shapes matter here.
-    batch.pop("mask"), batch.pop("row")
+    del batch["mask"], batch["row"]
     state, step = common.restore_latest(workdir, method, batch, mesh)
     result = {"step": float(step), **EVALUATORS[config.method](method, state, mesh, outdir)}
     if jax.process_index() == 0:

@@ -60,6 +60,11 @@ def collect(rows: Iterable[tuple[int, dict]], read_row: Callable[[int, dict], di
     return Examples(_stack(examples), skipped)
 
 
+def first(rows: list, spec) -> list:
+    """The first `spec.num_examples` rows (all when it is 0): the cap every loader applies before reading."""
+    return rows[:spec.num_examples] if spec.num_examples > 0 else rows
+
+
 def _stack(examples: list[dict]) -> dict[str, np.ndarray]:
     if not examples:
         return {}

@@ -17,7 +17,7 @@ import zipfile
 
 import numpy as np
 
-from cxr_jax.data.sources.io import DataError, collect, read_csv, report_text, require_dir
+from cxr_jax.data.sources.io import DataError, collect, first, read_csv, report_text, require_dir
 from cxr_jax.data.sources.public import CHEXPERT_OBSERVATIONS, check_policy, chexpert_label, chexpert_value
 
 SPLITS = {"train": "train", "valid": "validate", "validate": "validate", "test": "test"}
@@ -65,7 +65,7 @@ def load_mimic(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
         read_csv(meta_path, ("dicom_id", "subject_id", "study_id", "ViewPosition")), start=2)
         if split_of.get(r["dicom_id"]) == SPLITS[spec.split]
         and (not spec.frontal_only or r["ViewPosition"] in FRONTAL)]
-    rows = rows[:spec.num_examples] if spec.num_examples > 0 else rows
+    rows = first(rows, spec)
     reports = _Reports(root)
 
     def read_row(line, r):

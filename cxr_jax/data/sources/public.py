@@ -13,6 +13,7 @@ import numpy as np
 from cxr_jax.data.sources.io import (
     DataError,
     collect,
+    first,
     header_size,
     in_split,
     parse_number,
@@ -47,7 +48,7 @@ def load_chexpert(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     rows = read_csv(meta, ("Path", "Frontal/Lateral", *CHEXPERT_OBSERVATIONS))
     chosen = [(line, r) for line, r in enumerate(rows, start=2)
               if not spec.frontal_only or r["Frontal/Lateral"] == "Frontal"]
-    chosen = chosen[:spec.num_examples] if spec.num_examples > 0 else chosen
+    chosen = first(chosen, spec)
 
     def read_row(line, r):
         findings = [chexpert_value(meta, line, c, r[c], spec.uncertain) for c in CHEXPERT_OBSERVATIONS]
@@ -104,7 +105,7 @@ def load_nih14(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     if spec.split != "all":
         names = _split_list(root, spec.split)
         rows = [r for r in rows if r["Image Index"] in names]
-    rows = rows[:spec.num_examples] if spec.num_examples > 0 else rows
+    rows = first(rows, spec)
     index = _nih_image_index(root)
     boxes = _read_boxes(root / "BBox_List_2017.csv", {r["Image Index"] for r in rows})
     most = max([len(b) for b in boxes.values()] + [1])
@@ -187,7 +188,7 @@ def load_folder(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     chosen = [(line, r) for line, r in enumerate(rows, start=2)
               if (r["split"] == spec.split if "split" in columns else in_split(r["image"], spec.split))
               or spec.split == "all"]
-    chosen = chosen[:spec.num_examples] if spec.num_examples > 0 else chosen
+    chosen = first(chosen, spec)
     if not chosen:
         raise DataError(f"{meta}: no rows for split {spec.split!r}")
 

@@ -13,6 +13,7 @@ import numpy as np
 from cxr_jax.data.sources.io import (
     DataError,
     collect,
+    first,
     header_size,
     in_split,
     parse_number,
@@ -42,7 +43,7 @@ def load_rsna(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
         folder = "stage_2_train_images"
     else:
         raise DataError(f"rsna split must be train, valid, all or test; got {spec.split!r}")
-    rows = rows[:spec.num_examples] if spec.num_examples > 0 else rows
+    rows = first(rows, spec)
     classes = _classes(root / "stage_2_detailed_class_info.csv")
     most = max([len(r["boxes"]) for _, r in rows] + [1])
 

@@ -16,6 +16,7 @@ import numpy as np
 from cxr_jax.data.sources.io import (
     DataError,
     collect,
+    first,
     header_size,
     in_split,
     parse_number,
@@ -38,7 +39,7 @@ def load_nih1000(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
             if r["split"] == spec.split]
     if not rows:
         raise DataError(f"{meta}: no rows with split == {spec.split!r}")
-    rows = rows[:spec.num_examples] if spec.num_examples > 0 else rows
+    rows = first(rows, spec)
 
     def read_row(line, r):
         if r["abnormal"] not in ("0", "1"):
@@ -167,4 +168,4 @@ def _split(rows, spec, *, key, path) -> list[tuple[int, dict]]:
     if spec.split not in ("all", "train", "valid"):
         raise DataError(f"{path}: split must be all, train or valid for this layout; got {spec.split!r}")
     chosen = [(line, r) for line, r in enumerate(rows, start=2) if in_split(key(r), spec.split)]
-    return chosen[:spec.num_examples] if spec.num_examples > 0 else chosen
+    return first(chosen, spec)
