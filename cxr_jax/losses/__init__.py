@@ -1,0 +1,1 @@
+"""Loss functions: pure, keyword-only, float32 inside, one module per method."""
