@@ -23,11 +23,11 @@ INSTALL_REQUIRES = [
     "psutil>=6.0",
 ]
 
+# torch and transformers serve the tests only (reference models for weight import and tokenization).
+# torch is pinned: a CPU build of exactly this version is on the CI machines, and an unpinned torch pulls
+# several GB of CUDA packages.
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8.0", "ruff>=0.8"],
-    # Weight-import tests only. Pinned: a CPU build of exactly this version is on the CI machines and an
-    # unpinned torch pulls several GB of CUDA packages.
-    "torch": ["torch==2.13.0"],
+    "test": ["pytest>=8.0", "ruff>=0.8", "torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
 }
 
 setuptools.setup(

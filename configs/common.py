@@ -20,19 +20,25 @@ def base(method: str) -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
 
     c.data = ml_collections.ConfigDict()
-    for split, name in (("train", "train"), ("eval", "valid")):
-        c.data[split] = ml_collections.ConfigDict()
-        c.data[split].source = "phantom"
-        c.data[split].path = None  # A directory in the source's layout; None for the phantom.
-        c.data[split].split = name
-        c.data[split].num_examples = 0  # 0: all of the split (phantom: must be set).
-        c.data[split].uncertain = "zeros"  # CheXpert-style -1 labels: zeros | ones | ignore (kept as -1).
-        c.data[split].frontal_only = True  # Drop lateral views where a layout records the view.
-        c.data[split].on_error = "raise"  # A bad file or row: raise | skip (leave the example out, count, log).
-        c.data[split].stream = False  # Decode images in tf.data from their files instead of holding them.
+    c.data.train = data_spec("phantom", "train")
+    c.data.eval = data_spec("phantom", "valid")
     c.data.prefetch = 2
 
     c.bench = ml_collections.ConfigDict()
     c.bench.warmup_steps = 2
     c.bench.num_steps = 10
     return c
+
+
+def data_spec(source: str, split: str) -> ml_collections.ConfigDict:
+    """One data set: a source, its directory and split, and how to read it."""
+    spec = ml_collections.ConfigDict()
+    spec.source = source
+    spec.path = None  # A directory in the source's layout; None for the phantom.
+    spec.split = split
+    spec.num_examples = 0  # 0: all of the split (phantom: must be set).
+    spec.uncertain = "zeros"  # CheXpert-style -1 labels: zeros | ones | ignore (kept as -1).
+    spec.frontal_only = True  # Drop lateral views where a layout records the view.
+    spec.on_error = "raise"  # A bad file or row: raise | skip (leave the example out, count, log).
+    spec.stream = False  # Decode images in tf.data from their files instead of holding them.
+    return spec

@@ -89,14 +89,9 @@ def _input_rate(batches, batch_size: int, num: int) -> float:
     return batch_size * num / (time.perf_counter() - t0)
 
 
-def _pipelines(config: ml_collections.ConfigDict) -> dict:
-    """Per-example tf.data functions of (uint8 image, seed), by name.
-
-    The config's method's own training preprocessing, and the ConVIRT and LD augmentations at its image size.
-    """
-    size = config.image_size
-    convirt, ld = augment.augment_config("convirt", size), augment.augment_config("ld", size)
-    method = METHODS[config.method](config)
+def _pipelines() -> dict:
+    """Per-example tf.data functions of (uint8 image, seed), by name: decoding, ConVIRT's and LD's views."""
+    convirt, ld = augment.augment_config("convirt"), augment.augment_config("ld")
 
     def ld_views(image, seed):  # One image's two views as LD draws them: shared base, own jitter, view 2 turned.
         s = tf.unstack(augment.split_seed(seed, 4))
@@ -106,8 +101,6 @@ def _pipelines(config: ml_collections.ConfigDict) -> dict:
 
     return {
         "decode": lambda image, seed: augment.to_unit(image),
-        config.method: lambda image, seed: method.preprocess_train(
-            {"image": image, "label": tf.constant(0), "seed": seed})["image"],
         "convirt": lambda image, seed: augment.convirt_view(augment.to_unit(image), seed, convirt),
         "ld": lambda image, seed: ld_views(augment.to_unit(image), seed),
     }
@@ -121,9 +114,11 @@ def run_data(config: ml_collections.ConfigDict, *, num_batches: int = 20) -> dic
     data = sources.load(spec, image_size=size, seed=config.seed)
     result = {"source": spec.source, "image_size": size, "batch_size": config.batch_size,
               "num_images": len(data["image"]), "load_images_per_sec": len(data["image"]) / (time.perf_counter() - t0)}
-    pipelines = _pipelines(config)
-    for name, fn in pipelines.items():
-        result[f"{name}_images_per_sec"] = _pipeline_rate({"image": data["image"]}, fn, config, num_batches)
+    examples, preprocess = METHODS[config.method](config).train_data()  # The method's own pipeline, in full.
+    result[f"{config.method}_images_per_sec"] = _pipeline_rate(examples, preprocess, config, num_batches)
+    pipelines = {name: (lambda e, fn=fn: {"image": fn(e["image"], e["seed"])}) for name, fn in _pipelines().items()}
+    for name, preprocess in pipelines.items():
+        result[f"{name}_images_per_sec"] = _pipeline_rate({"image": data["image"]}, preprocess, config, num_batches)
     if "file" in data:  # Sources read from files can also stream them.
         for name in ("decode", "convirt"):
             result[f"stream_{name}_images_per_sec"] = _pipeline_rate({"file": data["file"]}, pipelines[name],
@@ -131,10 +126,10 @@ def run_data(config: ml_collections.ConfigDict, *, num_batches: int = 20) -> dic
     return result
 
 
-def _pipeline_rate(examples: dict[str, np.ndarray], fn, config, num_batches: int) -> float:
-    """Images/s of `fn` over this host's batches (after 3 warm-up batches for tf.data's autotuning)."""
+def _pipeline_rate(examples: dict[str, np.ndarray], preprocess, config, num_batches: int) -> float:
+    """Examples/s of `preprocess` over this host's batches (after 3 warm-up batches for tf.data's autotuning)."""
     ds, reader = pipeline.train_dataset(
-        examples, preprocess=lambda e: {"image": fn(e["image"], e["seed"])}, global_batch=config.batch_size,
+        examples, preprocess=preprocess, global_batch=config.batch_size,
         seed=config.seed, start_step=0, rows=(0, config.batch_size), prefetch=config.data.prefetch,
         image_size=config.image_size, on_error=config.data.train.on_error)
     batches = pipeline.as_numpy(ds, reader)

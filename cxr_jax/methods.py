@@ -1,11 +1,12 @@
 """The methods a config's `method` key selects: a trainer class and an evaluator for each."""
 
 from cxr_jax.evaluate import classifier as classifier_eval
-from cxr_jax.train import classifier
+from cxr_jax.train import classifier, convirt
 
-# name -> class built from the config, with train_data(), init(rng, batch), train_step(state, batch).
+# name -> class built from (config, mesh), with train_data(), init(rng, batch), train_step(state, batch).
 METHODS = {
     "classifier": classifier.Classifier,
+    "convirt": convirt.ConVIRT,
 }
 
 # name -> evaluate(method, state, mesh, outdir) -> {metric name: number}, figures written to outdir.

@@ -34,9 +34,13 @@ def initialize() -> None:
         jax.distributed.initialize()
 
 
-def make_mesh() -> Mesh:
-    """A 1-D mesh named 'data' over every device of every host."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), devices=jax.devices())
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named 'data' over `devices` (default: every device of every host).
+
+    The axis is `Auto`: jit's sharding propagation (GSPMD) places intermediates, constrained where a step says.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

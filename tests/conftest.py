@@ -53,11 +53,12 @@ def final_state(spec: str, workdir: pathlib.Path, overrides=()):
     from cxr_jax.methods import METHODS
 
     config = config_lib.load(spec, overrides)
-    method = METHODS[config.method](config)
+    mesh = parallel.make_mesh()
+    method = METHODS[config.method](config, mesh)
     size = config.image_size
     batch = {"image": np.zeros((config.batch_size, size, size, 1), np.float32),
              "label": np.zeros((config.batch_size,), np.int32)}
-    state, step = common.restore_latest(workdir, method, batch, parallel.make_mesh())
+    state, step = common.restore_latest(workdir, method, batch, mesh)
     return jax.device_get(state), step
 
 
@@ -79,8 +80,8 @@ def data_spec(source: str, path=None, split: str = "all", **options):
     """A data spec with the config defaults (configs/common.py) and these fields."""
     from configs import common
 
-    spec = common.base("test").data.train
-    spec.source, spec.path, spec.split = source, None if path is None else str(path), split
+    spec = common.data_spec(source, split)
+    spec.path = None if path is None else str(path)
     for key, value in options.items():
         spec[key] = value
     return spec

@@ -5,7 +5,8 @@ import pytest
 from cxr_jax import config as config_lib
 from tests.conftest import ROOT
 
-VARIANTS = {"classifier": ["smoke", "demo", "nih1000", "paper"]}
+VARIANTS = {"classifier": ["smoke", "demo", "nih1000", "paper"],
+            "convirt": ["smoke", "demo", "covid", "paper", "large"]}
 
 
 @pytest.mark.parametrize("method,variant", [(m, v) for m, vs in VARIANTS.items() for v in vs])

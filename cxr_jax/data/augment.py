@@ -185,7 +185,7 @@ def random_gaussian_blur(image: tf.Tensor, seed: tf.Tensor, *, sigma: tuple[floa
 def convirt_view(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
     """ConVIRT's image view: crop, horizontal flip, affine, brightness/contrast, blur; [0, 1] in and out."""
     s = tf.unstack(split_seed(seed, 5))
-    image = random_resized_crop(image, s[0], size=cfg.size, area=tuple(cfg.crop_area))
+    image = random_resized_crop(image, s[0], size=image.shape[0], area=tuple(cfg.crop_area))
     image = random_flip(image, s[1], axis=1)
     image = random_affine(image, s[2], degrees=cfg.degrees, translate=cfg.translate, scale=tuple(cfg.scale))
     image = random_brightness_contrast(image, s[3], brightness=tuple(cfg.brightness),
@@ -198,7 +198,7 @@ def ld_base(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -
     s = tf.unstack(split_seed(seed, 4))
     image = random_flip(random_flip(image, s[0], axis=1), s[1], axis=0)
     image = random_affine(image, s[2], degrees=cfg.base_degrees, translate=0.0, scale=(1.0, 1.0))
-    return random_resized_crop(image, s[3], size=cfg.size, area=tuple(cfg.crop_area))
+    return random_resized_crop(image, s[3], size=image.shape[0], area=tuple(cfg.crop_area))
 
 
 def ld_jitter(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
@@ -208,14 +208,14 @@ def ld_jitter(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict)
     return random_brightness_contrast(image, s[1], brightness=tuple(cfg.brightness), contrast=tuple(cfg.contrast))
 
 
-def augment_config(method: str, size: int) -> ml_collections.ConfigDict:
-    """The papers' augmentation ranges at image side `size`, for a method config's `augment` field."""
+def augment_config(method: str) -> ml_collections.ConfigDict:
+    """The papers' augmentation ranges, for a method config's `augment` field (crops keep the input's size)."""
     if method == "convirt":  # Zhang et al. 2022, Sec. 3.3 / their torchvision pipeline.
         return ml_collections.ConfigDict(dict(
-            size=size, crop_area=(0.6, 1.0), degrees=20.0, translate=0.1, scale=(0.95, 1.05),
+            crop_area=(0.6, 1.0), degrees=20.0, translate=0.1, scale=(0.95, 1.05),
             brightness=(0.6, 1.4), contrast=(0.6, 1.4), blur_sigma=(0.1, 3.0)))
     if method == "ld":  # Chen et al. 2023, official X-ray pre-training code.
         return ml_collections.ConfigDict(dict(
-            size=size, crop_area=(0.9, 1.0), base_degrees=180.0, view_degrees=2.0, brightness=(0.8, 1.2),
+            crop_area=(0.9, 1.0), base_degrees=180.0, view_degrees=2.0, brightness=(0.8, 1.2),
             contrast=(0.8, 1.2), mixup=(0.2, 0.8)))
     raise ValueError(f"no paper augmentation for method {method!r}; expected convirt or ld")

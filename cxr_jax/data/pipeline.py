@@ -188,13 +188,14 @@ def as_numpy(ds: tf.data.Dataset, reader: FileImages | None) -> Iterator[dict[st
     iterator = ds.as_numpy_iterator()
     while True:
         try:
-            yield next(iterator)
+            batch = next(iterator)
         except StopIteration:
             return
         except tf.errors.OpError as e:
             if reader is None:
                 raise
             reader.reraise(e)
+        yield batch  # Outside the try: closing the generator at exit must not evaluate `tf.errors`.
 
 
 def _pad(x: np.ndarray, size: int) -> np.ndarray:

@@ -21,7 +21,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[
 
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    method = METHODS[config.method](config)
+    method = METHODS[config.method](config, mesh)
     outdir = pathlib.Path(workdir) / "eval"
     outdir.mkdir(parents=True, exist_ok=True)
     blank = np.zeros((config.batch_size, config.image_size, config.image_size, 1), np.uint8)

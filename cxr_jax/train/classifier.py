@@ -24,7 +24,8 @@ def sigmoid_bce(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
 class Classifier:
     """A ResNet with one abnormality logit, trained with binary cross-entropy and AdamW."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
+        del mesh  # A per-example mean: GSPMD shards it without explicit collectives.
         self.config = config
         dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
         m = config.model

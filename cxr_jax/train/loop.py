@@ -48,7 +48,7 @@ def setup(config: ml_collections.ConfigDict, start_step: int = 0, *, mesh: jax.s
     """Builds the method, mesh (default: all devices), input iterator and the jitted init and train step."""
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    method = method or METHODS[config.method](config)
+    method = method or METHODS[config.method](config, mesh)
     examples, preprocess = method.train_data()
     batches = pipeline.train_iterator(examples, preprocess=preprocess, global_batch=config.batch_size,
                                       seed=config.seed, start_step=start_step, mesh=mesh,

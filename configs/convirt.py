@@ -1,0 +1,93 @@
+r"""ConVIRT: image–report contrastive pretraining (Zhang et al., MLHC 2022).
+
+Variants:
+  smoke:  seconds; tiny towers on 32 px phantom image–report pairs (tests).
+  demo:   minutes on 2 CPU cores; ResNet-10 and a 2-layer BERT on 64 px phantom pairs.
+  covid:  the demo towers on ../shared/data/covid (radiographs with their clinical notes).
+  paper:  ResNet-50 and BERT-base (embeddings and 6 layers frozen) at 224 px, batch 32, τ 0.1, λ 0.75,
+          Adam 1e-4 with L2 1e-6; set text.vocab_file to a BERT/ClinicalBERT vocab.txt.
+  large:  the paper towers at a global batch of 4096, gradient caching in 16 micro-batches.
+
+Run:
+  cxr-jax train --config configs/convirt.py:demo --workdir workdirs/convirt
+  cxr-jax evaluate --config configs/convirt.py:demo --workdir workdirs/convirt
+"""
+
+import ml_collections
+
+from configs import common
+from cxr_jax.data import augment
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    """Returns the ConVIRT config for variant `arg` (smoke, demo, covid, paper, large)."""
+    c = common.base("convirt")
+    c.model = ml_collections.ConfigDict()
+    c.model.image = ml_collections.ConfigDict(dict(stage_sizes=(1, 1, 1, 1), block="basic", width=32))
+    c.model.text = ml_collections.ConfigDict(dict(
+        hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512, max_positions=128, dropout=0.1,
+        freeze_embeddings=False, frozen_layers=0))
+    c.model.embed_dim = 512  # d of the shared space.
+    c.model.image_hidden_dim = 256  # Projection heads' hidden width (paper: the encoder's output width).
+    c.model.text_hidden_dim = 128
+    c.model.temperature = 0.1  # τ.
+    c.model.learn_temperature = False  # Learn τ (CLIP's log 1/τ parameter, clipped at 1/τ = 100).
+    c.model.image_weight = 0.75  # λ, the weight of the image→text direction.
+
+    c.text = ml_collections.ConfigDict()
+    c.text.vocab_file = None  # A BERT-style vocab.txt; None: train a WordPiece vocabulary on `text.corpus`.
+    c.text.vocab_size = 2000
+    c.text.corpus = common.data_spec("phantom", "train")  # Report texts the vocabulary is trained on.
+    c.text.corpus.num_examples = 2000
+    c.text.max_length = 64  # Tokens per sentence, [CLS] and [SEP] included.
+    c.text.max_sentences = 16  # Sentences kept per report; one is drawn per example per step.
+
+    c.augment = augment.augment_config("convirt")
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 20
+    c.optim.weight_decay = 1e-6  # L2 added to the gradient before Adam, as torch.optim.Adam(weight_decay=…).
+
+    c.train.grad_cache_chunks = 0  # 0: plain backprop; k: exact gradients computed in k micro-batches.
+
+    c.data.train.num_examples = 1024
+    c.data.eval.num_examples = 256
+
+    if arg == "smoke":
+        c.batch_size = 8
+        c.image_size = 32
+        c.model.image.width = 8
+        c.model.text = ml_collections.ConfigDict(dict(
+            hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=32, dropout=0.1,
+            freeze_embeddings=True, frozen_layers=1))
+        c.model.embed_dim, c.model.image_hidden_dim, c.model.text_hidden_dim = 16, 32, 16
+        c.text.vocab_size, c.text.corpus.num_examples, c.text.max_length = 200, 64, 24
+        c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 6, 2, 3
+        c.optim.warmup_steps = 2
+        c.data.train.num_examples, c.data.eval.num_examples = 64, 32
+        c.bench.num_steps = 3
+    elif arg == "demo":
+        c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 400, 20, 100
+    elif arg == "covid":
+        for split, name in ((c.data.train, "train"), (c.data.eval, "valid"), (c.text.corpus, "train")):
+            split.source, split.path, split.split, split.num_examples = "covid", "../shared/data/covid", name, 0
+        c.text.max_length = 64
+        c.batch_size = 16
+        c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 400, 20, 100
+    elif arg in ("paper", "large"):
+        c.image_size = 224
+        c.model.image = ml_collections.ConfigDict(dict(stage_sizes=(3, 4, 6, 3), block="bottleneck", width=64))
+        c.model.text = ml_collections.ConfigDict(dict(
+            hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_positions=512, dropout=0.1,
+            freeze_embeddings=True, frozen_layers=6))
+        c.model.image_hidden_dim, c.model.text_hidden_dim = 2048, 768
+        c.text.vocab_size, c.text.max_length = 30522, 128
+        c.optim.learning_rate, c.optim.warmup_steps = 1e-4, 500
+        c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 20000, 100, 1000
+        if arg == "large":
+            c.batch_size = 4096
+            c.train.grad_cache_chunks = 16
+    else:
+        raise ValueError(f"unknown convirt variant {arg!r}; expected smoke, demo, covid, paper or large")
+    return c
