@@ -33,6 +33,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.model.temperature = 0.1  # τ.
     c.model.learn_temperature = False  # Learn τ (CLIP's log 1/τ parameter, clipped at 1/τ = 100).
     c.model.image_weight = 0.75  # λ, the weight of the image→text direction.
+    # Pretrained towers from local files (they fix the tower's architecture; model.image/text sizes then unused):
+    c.model.image_weights = None  # A torchvision ResNet-50 state dict (.safetensors, .pth).
+    c.model.text_weights = None  # A Hugging Face BERT directory; its vocab.txt is used unless text.vocab_file.
 
     c.text = ml_collections.ConfigDict()
     c.text.vocab_file = None  # A BERT-style vocab.txt; None: train a WordPiece vocabulary on `text.corpus`.
@@ -54,6 +57,15 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.data.train.num_examples = 1024
     c.data.eval.num_examples = 256
 
+    # Linear probes (normal vs abnormal) on the frozen image encoder, each also from a random encoder.
+    c.probe = ml_collections.ConfigDict()
+    c.probe.train = common.data_spec("phantom", "test")  # Phantom: a split the pretraining never saw.
+    c.probe.eval = common.data_spec("phantom", "valid")
+    c.probe.train.num_examples, c.probe.eval.num_examples = 1024, 256
+    c.probe.fractions = (0.01, 0.1, 1.0)  # Of the labelled probe.train examples.
+    c.probe.seeds = 3  # Seeded subsets averaged below 100%.
+    c.probe.inverse_l2 = 1.0  # Logistic regression's C (sklearn).
+
     if arg == "smoke":
         c.batch_size = 8
         c.image_size = 32
@@ -66,13 +78,14 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 6, 2, 3
         c.optim.warmup_steps = 2
         c.data.train.num_examples, c.data.eval.num_examples = 64, 32
+        c.probe.train.num_examples, c.probe.eval.num_examples = 64, 32
         c.bench.num_steps = 3
     elif arg == "demo":
         c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 400, 20, 100
     elif arg == "covid":
         for split, name in ((c.data.train, "train"), (c.data.eval, "valid"), (c.text.corpus, "train")):
             split.source, split.path, split.split, split.num_examples = "covid", "../shared/data/covid", name, 0
-        c.text.max_length = 64
+        _probe_on_nih1000(c)
         c.batch_size = 16
         c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 400, 20, 100
     elif arg in ("paper", "large"):
@@ -83,6 +96,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
             freeze_embeddings=True, frozen_layers=6))
         c.model.image_hidden_dim, c.model.text_hidden_dim = 2048, 768
         c.text.vocab_size, c.text.max_length = 30522, 128
+        _probe_on_nih1000(c)
         c.optim.learning_rate, c.optim.warmup_steps = 1e-4, 500
         c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 20000, 100, 1000
         if arg == "large":
@@ -91,3 +105,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     else:
         raise ValueError(f"unknown convirt variant {arg!r}; expected smoke, demo, covid, paper or large")
     return c
+
+
+def _probe_on_nih1000(c: ml_collections.ConfigDict) -> None:
+    """Linear probes on ../shared/data/nih1000: its train split → its valid split."""
+    for spec, split in ((c.probe.train, "train"), (c.probe.eval, "valid")):
+        spec.source, spec.path, spec.split, spec.num_examples = "nih1000", "../shared/data/nih1000", split, 0

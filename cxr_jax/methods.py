@@ -1,6 +1,7 @@
 """The methods a config's `method` key selects: a trainer class and an evaluator for each."""
 
 from cxr_jax.evaluate import classifier as classifier_eval
+from cxr_jax.evaluate import convirt as convirt_eval
 from cxr_jax.train import classifier, convirt
 
 # name -> class built from (config, mesh), with train_data(), init(rng, batch), train_step(state, batch).
@@ -12,4 +13,5 @@ METHODS = {
 # name -> evaluate(method, state, mesh, outdir) -> {metric name: number}, figures written to outdir.
 EVALUATORS = {
     "classifier": classifier_eval.evaluate,
+    "convirt": convirt_eval.evaluate,
 }

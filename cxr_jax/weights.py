@@ -127,11 +127,11 @@ def load_bert(directory: str | pathlib.Path, **overrides) -> tuple[bert.Bert, di
                     if (directory / f).is_file()), None)
     if weights is None:
         raise DataError(f"{directory}: no model.safetensors or pytorch_model.bin")
-    module = bert.Bert(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
-                       num_layers=cfg["num_hidden_layers"], num_heads=cfg["num_attention_heads"],
-                       intermediate_size=cfg["intermediate_size"], max_positions=cfg["max_position_embeddings"],
-                       type_vocab_size=cfg["type_vocab_size"], layer_norm_eps=cfg["layer_norm_eps"],
-                       dropout=cfg.get("hidden_dropout_prob", 0.1), **overrides)
+    fields = dict(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"],
+                  num_heads=cfg["num_attention_heads"], intermediate_size=cfg["intermediate_size"],
+                  max_positions=cfg["max_position_embeddings"], type_vocab_size=cfg["type_vocab_size"],
+                  layer_norm_eps=cfg["layer_norm_eps"], dropout=cfg.get("hidden_dropout_prob", 0.1))
+    module = bert.Bert(**{**fields, **overrides})
     variables = {"params": {}}
     for name, array in read_state_dict(weights).items():
         target = _bert_path(name, weights)

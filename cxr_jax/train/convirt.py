@@ -24,7 +24,7 @@ import optax
 import tensorflow as tf
 from jax.sharding import PartitionSpec
 
-from cxr_jax import parallel
+from cxr_jax import parallel, weights
 from cxr_jax.config import ConfigError
 from cxr_jax.data import augment, sources, text
 from cxr_jax.losses import contrastive
@@ -43,9 +43,17 @@ class ConVIRT:
         if chunks and config.batch_size % (chunks * self.mesh.devices.size):
             raise ConfigError(f"batch_size={config.batch_size} must split into train.grad_cache_chunks={chunks} "
                               f"micro-batches of whole rows on each of {self.mesh.devices.size} devices")
-        self.tokenizer = load_tokenizer(config.text, image_size=config.image_size, seed=config.seed)
-        self.model = build_model(config.model, vocab_size=len(self.tokenizer.vocab),
-                                 dtype=jnp.bfloat16 if config.mixed_precision else jnp.float32)
+        m = config.model
+        text_cfg = config.text
+        if m.text_weights and not text_cfg.vocab_file:
+            text_cfg = ml_collections.ConfigDict({**text_cfg.to_dict(), "vocab_file": f"{m.text_weights}/vocab.txt"})
+        self.tokenizer = load_tokenizer(text_cfg, image_size=config.image_size, seed=config.seed)
+        dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
+        image_encoder, text_encoder, self.pretrained = _encoders(m, vocab_size=len(self.tokenizer.vocab), dtype=dtype)
+        self.model = convirt_model.ConVIRT(
+            image_encoder=image_encoder, text_encoder=text_encoder, embed_dim=m.embed_dim,
+            image_hidden_dim=m.image_hidden_dim, text_hidden_dim=m.text_hidden_dim, temperature_init=m.temperature,
+            learn_temperature=m.learn_temperature, dtype=dtype)
         self.schedule = optax.warmup_cosine_decay_schedule(
             0.0, config.optim.learning_rate, config.optim.warmup_steps, config.train.num_steps)
         adam = optax.chain(optax.add_decayed_weights(config.optim.weight_decay), optax.adam(self.schedule))
@@ -81,6 +89,16 @@ class ConVIRT:
         variables = self.model.init({"params": rng, "dropout": rng}, batch["image"], ids, jnp.ones_like(ids))
         return state_lib.TrainState.create({"model": variables["params"]}, self.tx,
                                            {"batch_stats": variables["batch_stats"]})
+
+    def load_pretrained(self, state: state_lib.TrainState) -> state_lib.TrainState:
+        """`state` with the towers imported from `model.image_weights` / `model.text_weights` (fresh runs)."""
+        params, stats = dict(state.params["model"]), dict(state.model_state["batch_stats"])
+        for tower, variables in self.pretrained.items():
+            params[tower] = _like(variables["params"], params[tower], tower)
+            if "batch_stats" in variables:
+                stats[tower] = _like(variables["batch_stats"], stats[tower], tower)
+        return state.replace(params={**state.params, "model": params},
+                             model_state={**state.model_state, "batch_stats": stats})
 
     def train_step(self, state: state_lib.TrainState, batch):
         """One Adam step on the global batch's InfoNCE (gradient-cached when configured)."""
@@ -155,6 +173,11 @@ class ConVIRT:
                                     method="embed_text", rngs={"dropout": rng})
         return image, text_emb, {**model_state, **updates}
 
+    def image_features(self, state: state_lib.TrainState, batch) -> jax.Array:
+        """Inference: the image encoder's pooled features (what linear probes and fine-tuning start from)."""
+        return self.model.apply({"params": state.params["model"], **state.model_state}, batch["image"],
+                                method=lambda m, x: m.image_encoder(x, train=False)).astype(jnp.float32)
+
     def embed_images(self, state: state_lib.TrainState, batch) -> jax.Array:
         """Inference: image embeddings [B, d] in float32."""
         return self.model.apply({"params": state.params["model"], **state.model_state}, batch["image"],
@@ -166,13 +189,23 @@ class ConVIRT:
                                 batch["attention_mask"], method="embed_text")
 
 
-def build_model(m: ml_collections.ConfigDict, *, vocab_size: int, dtype) -> convirt_model.ConVIRT:
-    """The two towers and heads from `config.model`."""
-    return convirt_model.ConVIRT(
-        image_encoder=resnet.ResNet(tuple(m.image.stage_sizes), m.image.block, m.image.width, 0, dtype=dtype),
-        text_encoder=bert.Bert(vocab_size=vocab_size, **m.text, dtype=dtype),
-        embed_dim=m.embed_dim, image_hidden_dim=m.image_hidden_dim, text_hidden_dim=m.text_hidden_dim,
-        temperature_init=m.temperature, learn_temperature=m.learn_temperature, dtype=dtype)
+def _encoders(m: ml_collections.ConfigDict, *, vocab_size: int, dtype):
+    """The image and text encoders from `config.model`, and any pretrained variables {tower: variables}."""
+    pretrained = {}
+    image_encoder = resnet.ResNet(tuple(m.image.stage_sizes), m.image.block, m.image.width, 0, dtype=dtype)
+    if m.image_weights:
+        module, pretrained["image_encoder"] = weights.load_resnet50(m.image_weights, in_channels=1)
+        image_encoder = module.clone(dtype=dtype)
+    text_fields = {k: v for k, v in m.text.items()}
+    text_encoder = bert.Bert(vocab_size=vocab_size, **text_fields, dtype=dtype)
+    if m.text_weights:
+        freeze = {k: text_fields[k] for k in ("freeze_embeddings", "frozen_layers", "dropout")}
+        module, pretrained["text_encoder"] = weights.load_bert(m.text_weights, **freeze, dtype=dtype)
+        if module.vocab_size != vocab_size:
+            raise ConfigError(f"model.text_weights={m.text_weights!r} has {module.vocab_size} token embeddings but "
+                              f"the vocabulary has {vocab_size} tokens; use the directory's own vocab.txt")
+        text_encoder = module
+    return image_encoder, text_encoder, pretrained
 
 
 def load_tokenizer(text_cfg: ml_collections.ConfigDict, *, image_size: int, seed: int) -> text.Tokenizer:
@@ -209,6 +242,13 @@ def _labels(params, *, text_cfg):
                               frozen_layers=text_cfg.frozen_layers)
     labels["text_encoder"] = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
     return labels
+
+
+def _like(imported, current, tower: str):
+    """Imported arrays placed (and typed) like the freshly initialised ones they replace."""
+    if jax.tree.structure(imported) != jax.tree.structure(current):
+        raise ConfigError(f"pretrained {tower} does not match the model's parameter tree")
+    return jax.tree.map(lambda new, old: jax.device_put(np.asarray(new, old.dtype), old.sharding), imported, current)
 
 
 def _chunks(tree, num: int):

@@ -128,6 +128,8 @@ def _initial_state(config, s: Setup, ckpt: checkpoint.Checkpointer, start_step: 
                              f"seed={config.seed} would change the input order")
         return state
     state = s.init_fn(jax.random.key(config.seed), s.first_batch)
+    if hasattr(s.method, "load_pretrained"):  # Methods may import pretrained weights into a fresh state.
+        state = s.method.load_pretrained(state)
     if config.init_from:
         other = checkpoint.Checkpointer(pathlib.Path(config.init_from) / "checkpoints", read_only=True)
         step = other.latest_step()

@@ -87,3 +87,34 @@ def test_source_without_text_is_a_clear_error(smoke, tmp_path):
              frontal_only=True, on_error="raise", stream=False)), image_size=32, seed=0)
     with pytest.raises(sources.DataError, match="'nih1000' has no image–text pairs"):
         convirt.paired_examples(examples, method.tokenizer, method.config.text, "nih1000")
+
+
+def test_towers_start_from_imported_weights(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from cxr_jax.data import phantom, text
+    from tests.test_weights import _randomised, _ResNet50
+
+    torch.save(_randomised(_ResNet50()).state_dict(), tmp_path / "resnet50.pth")
+    vocab = text.train_vocab(phantom.generate(16, image_size=32, seed=0)["text"], vocab_size=80)
+    bert_dir = tmp_path / "bert"
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+        max_position_embeddings=32)).save_pretrained(bert_dir)
+    (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    config = config_lib.load(SMOKE, [f"model.image_weights={tmp_path / 'resnet50.pth'}",
+                                     f"model.text_weights={bert_dir}"])
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    method = convirt.ConVIRT(config, mesh)
+    assert method.tokenizer.vocab == vocab
+    s = loop.setup(config, mesh=mesh, method=method)
+    state = method.load_pretrained(s.init_fn(jax.random.key(0), s.first_batch))
+    pairs = (("image_encoder", "params"), ("text_encoder", "params"), ("image_encoder", "batch_stats"))
+    for tower, collection in pairs:
+        got = (state.params["model"] if collection == "params" else state.model_state["batch_stats"])[tower]
+        want = method.pretrained[tower][collection]
+        for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(np.asarray(x), y)
+    assert state.params["model"]["image_encoder"]["conv1"]["kernel"].shape == (7, 7, 1, 64)  # Gray input.
+    state, metrics = s.step_fn(state, s.first_batch)
+    assert np.isfinite(metrics["loss"])

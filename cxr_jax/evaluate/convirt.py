@@ -1,0 +1,151 @@
+"""ConVIRT evaluation: image↔text retrieval on held-out pairs and linear probes against a random encoder.
+
+Retrieval (data.eval, which must hold image–report pairs): each image's report is embedded whole (section
+headers removed, truncated to `text.max_length`); `i2t_recall_at_k` is the fraction of images whose report is
+among their k nearest reports, `t2i_recall_at_k` the converse. Identical report strings count as the same report
+(phantom and covid reports repeat), and `chance_*` gives the expected recall of a random ranking under the same
+rule.
+
+Linear probe (probe.train → probe.eval, normal vs abnormal): logistic regression on the frozen encoder's pooled
+features, trained on fixed seeded subsets of 1%, 10% and 100% of the labelled examples (at least one of each
+class), AUC averaged over `probe.seeds` subsets; `random_linear_auc_*` repeats it with a freshly initialised
+encoder.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import jax
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from sklearn import linear_model  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+from cxr_jax import parallel  # noqa: E402
+from cxr_jax.data import sources, text  # noqa: E402
+from cxr_jax.evaluate import common  # noqa: E402
+
+KS = (1, 5, 10)
+
+
+def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
+    """Retrieval on the eval pairs, linear probes for the trained and a random encoder; `embeddings.png`."""
+    config = method.config
+    result = retrieval(method, state, mesh, outdir)
+    random_state = jax.jit(method.init, out_shardings=parallel.replicated(mesh))(
+        jax.random.key(config.seed + 1), _probe_batch(config))
+    for prefix, s in (("", state), ("random_", random_state)):
+        result.update({f"{prefix}{k}": v for k, v in linear_probe(method, s, mesh).items()})
+    return result
+
+
+def retrieval(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
+    """Recall@1/5/10 both ways with their chance levels, on `data.eval`."""
+    config = method.config
+    spec = config.data.eval
+    data = sources.load(spec, image_size=config.image_size, seed=config.seed)
+    key = "image" if "image" in data else "file"
+    if "text" not in data or key not in data:
+        raise sources.DataError(f"data.eval source {spec.source!r} has no image–text pairs to retrieve")
+    image_emb, rows = common.predict(method.embed_images, state, {key: data[key]}, preprocess=method.preprocess_eval,
+                                     batch_size=config.batch_size, mesh=mesh, image_size=config.image_size,
+                                     on_error=spec.on_error)
+    reports = [" ".join(text.sentences(t)) or t for t in data["text"][rows]]
+    ids = np.stack([method.tokenizer.encode(r, config.text.max_length) for r in reports])
+    tokens = {"input_ids": ids, "attention_mask": (ids != method.tokenizer.pad_id).astype(np.int32)}
+    text_emb, _ = common.predict(method.embed_text, state, tokens, preprocess=None, batch_size=config.batch_size,
+                                 mesh=mesh)
+    same = np.array(reports)[:, None] == np.array(reports)[None, :]
+    scores = _normalize(image_emb) @ _normalize(text_emb).T
+    result = {"num_pairs": float(len(reports))}
+    for k in KS:
+        result[f"i2t_recall_at_{k}"] = recall_at_k(scores, same, k)
+        result[f"t2i_recall_at_{k}"] = recall_at_k(scores.T, same, k)
+        result[f"chance_i2t_recall_at_{k}"] = result[f"chance_t2i_recall_at_{k}"] = chance_recall_at_k(same, k)
+    labels = data["label"][rows] if "label" in data else np.full(len(rows), -1)
+    plot_embeddings(image_emb, labels, outdir / "embeddings.png")
+    return result
+
+
+def recall_at_k(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
+    """Fraction of queries (rows) with a relevant candidate among their k highest scores (ties broken by index)."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.take_along_axis(relevant, top, axis=1).any(axis=1)))
+
+
+def chance_recall_at_k(relevant: np.ndarray, k: int) -> float:
+    """Expected `recall_at_k` of a uniformly random ranking: 1 − C(N − m, k) / C(N, k) per query, m relevant."""
+    n = relevant.shape[1]
+    m = relevant.sum(axis=1)
+    return float(np.mean([1.0 - math.comb(n - int(r), k) / math.comb(n, k) for r in m]))
+
+
+def linear_probe(method, state, mesh) -> dict[str, float]:
+    """`linear_auc_{1,10,100}pct`: logistic regression on frozen pooled features, mean AUC over seeded subsets."""
+    config = method.config
+    probe = config.probe
+    feats = {}
+    for split in ("train", "eval"):
+        spec = probe[split]
+        data = sources.labelled_images(sources.load(spec, image_size=config.image_size, seed=config.seed),
+                                       spec.source)
+        key = "image" if "image" in data else "file"
+        x, rows = common.predict(method.image_features, state, {key: data[key]}, preprocess=method.preprocess_eval,
+                                 batch_size=config.batch_size, mesh=mesh, image_size=config.image_size,
+                                 on_error=spec.on_error)
+        feats[split] = (x, data["label"][rows])
+    (x_train, y_train), (x_eval, y_eval) = feats["train"], feats["eval"]
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    result = {}
+    for fraction in probe.fractions:
+        aucs = []
+        for seed in range(probe.seeds if fraction < 1 else 1):
+            subset = labelled_subset(y_train, fraction, seed)
+            clf = linear_model.LogisticRegression(C=probe.inverse_l2, max_iter=2000)
+            clf.fit((x_train[subset] - mean) / std, y_train[subset])
+            aucs.append(skm.roc_auc_score(y_eval, clf.decision_function((x_eval - mean) / std)))
+        result[f"linear_auc_{round(fraction * 100)}pct"] = float(np.mean(aucs))
+    return result
+
+
+def labelled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of a seeded, class-stratified `fraction` of `labels`, at least one example per class."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for value in np.unique(labels):
+        members = np.flatnonzero(labels == value)
+        count = max(1, round(fraction * len(members)))
+        chosen.append(rng.choice(members, size=count, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def plot_embeddings(embeddings: np.ndarray, labels: np.ndarray, path: pathlib.Path) -> None:
+    """The image embeddings' first two principal components, coloured by normal / abnormal / unknown."""
+    centred = _normalize(embeddings) - _normalize(embeddings).mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for value, name, colour in ((0, "normal", "tab:blue"), (1, "abnormal", "tab:red"), (-1, "unknown", "0.6")):
+        keep = labels == value
+        if keep.any():
+            ax.scatter(xy[keep, 0], xy[keep, 1], s=8, c=colour, label=name, alpha=0.7)
+    ax.set(xlabel="PC 1", ylabel="PC 2", title="image embeddings (PCA)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _probe_batch(config) -> dict:
+    size = config.image_size
+    return {"image": np.zeros((config.batch_size, size, size, 1), np.float32)}

@@ -1,0 +1,55 @@
+"""ConVIRT's retrieval and probe metrics against brute-force definitions, and the evaluator end to end."""
+
+import itertools
+import json
+
+import numpy as np
+
+from cxr_jax.evaluate import convirt
+from tests.conftest import ROOT, run_cli
+
+SMOKE = f"{ROOT / 'configs' / 'convirt.py'}:smoke"
+
+
+def test_recall_at_k_counts_identical_reports_as_hits():
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.1, 0.8], [0.3, 0.7, 0.4]])
+    eye = np.eye(3, dtype=bool)
+    assert convirt.recall_at_k(scores, eye, 1) == 1 / 3  # Only query 0 ranks its own first.
+    assert convirt.recall_at_k(scores, eye, 2) == 2 / 3  # Query 1's top two are [2, 0]; query 2's [1, 2].
+    same = eye.copy()
+    same[1, 2] = same[2, 1] = True  # Reports 1 and 2 are the same string.
+    assert convirt.recall_at_k(scores, same, 1) == 1.0  # Queries 1 and 2 each rank the other's copy first.
+
+
+def test_chance_recall_matches_enumerating_every_ranking():
+    relevant = np.array([[1, 0, 0, 0, 0], [0, 1, 1, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 1, 1], [0, 0, 0, 1, 1]], bool)
+    for k in (1, 2, 3):
+        hits = [np.mean([relevant[q, list(order[:k])].any() for q in range(5)])
+                for order in itertools.permutations(range(5))]
+        np.testing.assert_allclose(convirt.chance_recall_at_k(relevant, k), np.mean(hits), rtol=1e-12)
+
+
+def test_labelled_subset_is_seeded_stratified_and_nonempty_per_class():
+    labels = np.array([0] * 90 + [1] * 10)
+    small = convirt.labelled_subset(labels, 0.01, seed=0)
+    assert sorted(labels[small]) == [0, 1]  # 1% of 90 rounds to 1, of 10 to 0 → kept at 1.
+    ten = convirt.labelled_subset(labels, 0.1, seed=3)
+    assert np.bincount(labels[ten]).tolist() == [9, 1]
+    np.testing.assert_array_equal(ten, convirt.labelled_subset(labels, 0.1, seed=3))
+    assert not np.array_equal(ten, convirt.labelled_subset(labels, 0.1, seed=4))
+    assert len(convirt.labelled_subset(labels, 1.0, seed=0)) == 100
+
+
+def test_train_and_evaluate_from_the_cli(tmp_path):
+    run_cli("train", "--config", SMOKE, "--workdir", str(tmp_path), "--config.train.grad_cache_chunks=2")
+    run_cli("evaluate", "--config", SMOKE, "--workdir", str(tmp_path))
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for k in (1, 5, 10):
+        for way in ("i2t", "t2i"):
+            assert 0 <= metrics[f"{way}_recall_at_{k}"] <= 1
+            assert 0 < metrics[f"chance_{way}_recall_at_{k}"] < 1
+    for prefix in ("", "random_"):
+        for pct in (1, 10, 100):
+            assert 0 <= metrics[f"{prefix}linear_auc_{pct}pct"] <= 1
+    assert metrics["num_pairs"] == 32 and metrics["step"] == 6
+    assert (tmp_path / "eval" / "embeddings.png").stat().st_size > 1000
