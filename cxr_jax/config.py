@@ -63,6 +63,16 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     return config
 
 
+def load_run(workdir: str | pathlib.Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The config a run was trained with (`WORKDIR/config.json`), with overrides applied and validated."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; pass --config or point --workdir at a trained run")
+    config = apply_overrides(ml_collections.ConfigDict(json.loads(path.read_text())), overrides)
+    validate(config, source=str(path))
+    return config
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
     """Returns a copy of `config` with each `a.b=value` applied, converted to the existing key's type."""
     config = config.copy_and_resolve_references()

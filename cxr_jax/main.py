@@ -65,6 +65,28 @@ def _bench(args, config) -> int:
     return 0
 
 
+def _add_retrieve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="a trained ConVIRT run")
+    parser.add_argument("--config", help="config file and variant (default: the run's WORKDIR/config.json)")
+    parser.add_argument("--query", required=True, help="the report text to search with")
+    parser.add_argument("--images", required=True, nargs="+", help="image files or directories (searched recursively)")
+    parser.add_argument("--top-k", type=int, default=5, help="how many matches to keep")
+    parser.add_argument("--out", required=True, help="directory for matches.json and matches.png")
+
+
+def _retrieve(args, config) -> int:
+    from cxr_jax import config as config_lib
+    from cxr_jax import retrieve
+
+    if config is None:
+        config = config_lib.load_run(args.workdir, args.overrides)
+    result = retrieve.run(config, args.workdir, query=args.query, images=args.images, top_k=args.top_k, out=args.out)
+    for match in result["matches"]:
+        print(f"{match['rank']:3d}  {match['score']:+.4f}  {match['file']}")
+    print(f"wrote {args.out}/matches.json and matches.png")
+    return 0
+
+
 def _add_data(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="the data sources and their layouts")
@@ -121,6 +143,7 @@ COMMANDS = {
     "evaluate": ("evaluate the latest checkpoint; writes WORKDIR/eval/metrics.json", _add_config, _evaluate),
     "bench": ("time a method's compiled train step", _add_bench, _bench),
     "data": ("list data sources; inspect a data set", _add_data, _data),
+    "retrieve": ("rank images against a text query with a trained ConVIRT run", _add_retrieve, _retrieve),
 }
 
 
@@ -147,13 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = config_lib.load(args.config, overrides)
         except config_lib.ConfigError as e:
             parser.exit(2, f"cxr-jax {args.command}: config error: {e}\n")
-    elif overrides:
+    elif overrides and args.command != "retrieve":  # retrieve applies them to the run's own config.
         parser.error(f"cxr-jax {args.command} takes no --config overrides")
+    args.overrides = overrides
     from cxr_jax.data.sources import DataError
 
     try:
         return COMMANDS[args.command][2](args, config)
-    except (config_lib.ConfigError, DataError) as e:
+    except (config_lib.ConfigError, DataError, FileNotFoundError) as e:
         parser.exit(2, f"cxr-jax {args.command}: error: {e}\n")
 
 

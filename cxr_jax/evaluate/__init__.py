@@ -8,27 +8,19 @@ import pathlib
 
 import jax
 import ml_collections
-import numpy as np
 
 from cxr_jax import parallel
-from cxr_jax.data import pipeline
 from cxr_jax.evaluate import common
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
     """Evaluates the latest checkpoint; writes `W/eval/metrics.json` (flat, named numbers) and figures."""
-    from cxr_jax.methods import EVALUATORS, METHODS
+    from cxr_jax.methods import EVALUATORS
 
     mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.batch_size, mesh)
-    method = METHODS[config.method](config, mesh)
+    method, state, step = common.restore_method(config, workdir, mesh)
     outdir = pathlib.Path(workdir) / "eval"
     outdir.mkdir(parents=True, exist_ok=True)
-    blank = np.zeros((config.batch_size, config.image_size, config.image_size, 1), np.uint8)
-    batch = next(pipeline.eval_batches({"image": blank}, batch_size=config.batch_size,
-                                       preprocess=method.preprocess_eval))  # Only the shapes matter here.
-    del batch["mask"], batch["row"]
-    state, step = common.restore_latest(workdir, method, batch, mesh)
     result = {"step": float(step), **EVALUATORS[config.method](method, state, mesh, outdir)}
     if jax.process_index() == 0:
         clean = {k: (v if math.isfinite(v) else None) for k, v in result.items()}

@@ -13,6 +13,20 @@ from cxr_jax import checkpoint, parallel
 from cxr_jax.data import pipeline
 
 
+def restore_method(config, workdir: str | pathlib.Path, mesh) -> tuple:
+    """The config's method object and the run's latest state and step."""
+    from cxr_jax.methods import METHODS
+
+    parallel.check_batch_size(config.batch_size, mesh)
+    method = METHODS[config.method](config, mesh)
+    blank = np.zeros((config.batch_size, config.image_size, config.image_size, 1), np.uint8)
+    batch = next(pipeline.eval_batches({"image": blank}, batch_size=config.batch_size,
+                                       preprocess=method.preprocess_eval))  # Only the shapes matter here.
+    del batch["mask"], batch["row"]
+    state, step = restore_latest(workdir, method, batch, mesh)
+    return method, state, step
+
+
 def restore_latest(workdir: str | pathlib.Path, method, batch: dict, mesh) -> tuple:
     """The latest checkpoint's state of a run (structure from `method.init` on `batch`)."""
     ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", read_only=True)

@@ -53,3 +53,46 @@ def test_train_and_evaluate_from_the_cli(tmp_path):
             assert 0 <= metrics[f"{prefix}linear_auc_{pct}pct"] <= 1
     assert metrics["num_pairs"] == 32 and metrics["step"] == 6
     assert (tmp_path / "eval" / "embeddings.png").stat().st_size > 1000
+    _check_retrieve(tmp_path)
+
+
+def _check_retrieve(workdir):
+    """`cxr-jax retrieve` ranks by the cosine of the run's own embeddings, recomputed here in NumPy."""
+    from PIL import Image
+
+    from cxr_jax import config as config_lib
+    from cxr_jax import parallel
+    from cxr_jax.data import phantom
+    from cxr_jax.evaluate import common
+
+    images = workdir / "images"
+    (images / "sub").mkdir(parents=True)
+    pixels = phantom.generate(6, image_size=32, seed=5)["image"][..., 0]
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(images / ("sub" if i % 2 else ".") / f"{i}.png")
+    query = "The cardiac silhouette is enlarged."
+    out = workdir / "retrieved"
+    proc = run_cli("retrieve", "--workdir", str(workdir), "--query", query, "--images", str(images), "--top-k", "3",
+                   "--out", str(out))
+    result = json.loads((out / "matches.json").read_text())
+    assert [m["rank"] for m in result["matches"]] == [1, 2, 3] and result["num_images"] == 6
+    assert result["matches"][0]["file"] in proc.stdout and (out / "matches.png").stat().st_size > 1000
+
+    config = config_lib.load_run(workdir)
+    mesh = parallel.make_mesh()
+    method, state, _ = common.restore_method(config, workdir, mesh)
+    files = sorted(images.rglob("*.png"))
+    x = np.stack([np.asarray(Image.open(f))[..., None] for f in files]).astype(np.float32) / 127.5 - 1
+    ids = method.tokenizer.encode(query, config.text.max_length)[None].repeat(len(x), 0)
+    v = np.asarray(method.embed_images(state, {"image": x}), np.float64)
+    u = np.asarray(method.embed_text(state, {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int32)}))[0]
+    scores = v @ u / np.linalg.norm(v, axis=1) / np.linalg.norm(u)
+    best = np.argsort(-scores)[:3]
+    assert [m["file"] for m in result["matches"]] == [str(files[i]) for i in best]
+    np.testing.assert_allclose([m["score"] for m in result["matches"]], scores[best], rtol=1e-4)
+
+
+def test_retrieve_errors_are_clear(tmp_path):
+    proc = run_cli("retrieve", "--workdir", str(tmp_path), "--query", "x", "--images", str(tmp_path), "--out",
+                   str(tmp_path / "o"), check=False)
+    assert proc.returncode == 2 and "config.json does not exist" in proc.stderr

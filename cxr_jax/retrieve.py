@@ -1,0 +1,88 @@
+"""Text→image retrieval with a trained ConVIRT run: rank images by cosine similarity to a query report.
+
+`cxr-jax retrieve --workdir RUN --query "TEXT" --images DIR… --top-k K --out OUT` writes OUT/matches.json
+(rank, file, score) and OUT/matches.png (the top K with their scores).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
+
+import matplotlib
+import ml_collections
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cxr_jax import parallel  # noqa: E402
+from cxr_jax.config import ConfigError  # noqa: E402
+from cxr_jax.data.sources import io  # noqa: E402
+from cxr_jax.evaluate import common  # noqa: E402
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+
+
+def image_files(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
+    """The image files among `paths`, directories searched recursively, in sorted order."""
+    files = []
+    for path in map(pathlib.Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise io.DataError(f"{path}: no such file or directory")
+    if not files:
+        raise io.DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {[str(p) for p in paths]}")
+    return files
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, query: str,
+        images: Sequence[str | pathlib.Path], top_k: int, out: str | pathlib.Path) -> dict:
+    """Ranks `images` against `query`; writes and returns the top `top_k` matches."""
+    if config.method != "convirt":
+        raise ConfigError(f"retrieve needs a ConVIRT run; {workdir} was trained with method {config.method!r}")
+    mesh = parallel.make_mesh()
+    method, state, step = common.restore_method(config, workdir, mesh)
+    files = image_files(images)
+    size = config.image_size
+    pixels = np.stack([io.read_gray(f, size)[0][..., None] for f in files])
+    image_emb, _ = common.predict(method.embed_images, state, {"image": pixels}, preprocess=method.preprocess_eval,
+                                  batch_size=config.batch_size, mesh=mesh)
+    ids = method.tokenizer.encode(query, config.text.max_length)[None]
+    tokens = {"input_ids": ids, "attention_mask": (ids != method.tokenizer.pad_id).astype(np.int32)}
+    text_emb, _ = common.predict(method.embed_text, state, tokens, preprocess=None, batch_size=config.batch_size,
+                                 mesh=mesh)
+    scores = _unit(image_emb) @ _unit(text_emb)[0]
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    result = {"query": query, "workdir": str(workdir), "step": step, "num_images": len(files),
+              "matches": [{"rank": r + 1, "file": str(files[i]), "score": float(scores[i])}
+                          for r, i in enumerate(order)]}
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "matches.json").write_text(json.dumps(result, indent=2) + "\n")
+    _grid(pixels[order, ..., 0], result["matches"], query, out / "matches.png")
+    return result
+
+
+def _grid(pixels: np.ndarray, matches: list[dict], query: str, path: pathlib.Path) -> None:
+    cols = min(len(matches), 5)
+    rows = -(-len(matches) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, match in zip(axes.flat, pixels, matches):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"#{match['rank']} {match['score']:.3f}\n{pathlib.Path(match['file']).name[:28]}", fontsize=8)
+    fig.suptitle(query if len(query) <= 90 else query[:87] + "…", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
