@@ -22,14 +22,22 @@ from cxr_jax.methods import METHODS
 from cxr_jax.train import loop
 
 
-def run(config: ml_collections.ConfigDict, *, matmul_size: int = 2048) -> dict[str, float]:
-    """Benchmarks `config`'s train step; returns a flat dict of named numbers."""
+def run(config: ml_collections.ConfigDict, *, matmul_size: int = 2048, compile_only: bool = False) -> dict[str, float]:
+    """Benchmarks `config`'s train step; returns a flat dict of named numbers.
+
+    `compile_only` stops after compiling: FLOPs and XLA's memory plan of one step (arguments, outputs and
+    temporaries), which is how a batch too slow to run here is sized. XLA's cost analysis counts a loop body
+    once, so with gradient caching (micro-batches in `lax.scan`) `flops_per_step` covers one micro-batch.
+    """
     s = loop.setup(config)
     state = s.init_fn(jax.random.key(config.seed), s.first_batch)
     t0 = time.perf_counter()
     compiled = s.step_fn.lower(state, s.first_batch).compile()
-    compile_time = time.perf_counter() - t0
-    flops = _flops(compiled)
+    result = {"method": config.method, "devices": jax.device_count(), "batch_size": config.batch_size,
+              "image_size": config.image_size, "mixed_precision": config.mixed_precision,
+              "compile_time_s": time.perf_counter() - t0, "flops_per_step": _flops(compiled), **_memory(compiled)}
+    if compile_only:
+        return result
     for _ in range(config.bench.warmup_steps):
         state, _ = compiled(state, s.first_batch)
     jax.block_until_ready(state)
@@ -41,24 +49,27 @@ def run(config: ml_collections.ConfigDict, *, matmul_size: int = 2048) -> dict[s
         times.append(time.perf_counter() - t0)
     step_time = statistics.median(times)
     peak = matmul_peak_flops(matmul_size)
-    result = {
-        "method": config.method,
-        "devices": jax.device_count(),
-        "batch_size": config.batch_size,
-        "image_size": config.image_size,
-        "mixed_precision": config.mixed_precision,
-        "compile_time_s": compile_time,
+    flops = result["flops_per_step"]
+    result.update({
         "step_time_median_s": step_time,
         "step_time_min_s": min(times),
         "examples_per_sec": config.batch_size / step_time,
-        "flops_per_step": flops,
         "achieved_flops_per_sec": flops / step_time,
         "matmul_peak_flops_per_sec": peak,
         "fraction_of_peak": flops / step_time / peak,
         "input_examples_per_sec": _input_rate(s.batches, config.batch_size, max(config.bench.num_steps, 5)),
         "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    })
     return result
+
+
+def _memory(compiled) -> dict[str, float]:
+    """XLA's memory plan for one step, in MiB: all buffers (donated inputs counted once) and temporaries."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    return {"xla_step_memory_mb": total / 2**20, "xla_temp_memory_mb": m.temp_size_in_bytes / 2**20}
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:

@@ -49,6 +49,8 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", action="store_true",
                         help="time the input side instead: reading data.train and each augmentation pipeline")
     parser.add_argument("--num-batches", type=int, default=20, help="--data: batches timed per pipeline")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="stop after compiling: FLOPs and XLA's memory plan of one step")
 
 
 def _bench(args, config) -> int:
@@ -57,7 +59,7 @@ def _bench(args, config) -> int:
     if args.data:
         result = bench.run_data(config, num_batches=args.num_batches)
     else:
-        result = bench.run(config, matmul_size=args.matmul_size)
+        result = bench.run(config, matmul_size=args.matmul_size, compile_only=args.compile_only)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -118,3 +118,12 @@ def test_towers_start_from_imported_weights(tmp_path):
     assert state.params["model"]["image_encoder"]["conv1"]["kernel"].shape == (7, 7, 1, 64)  # Gray input.
     state, metrics = s.step_fn(state, s.first_batch)
     assert np.isfinite(metrics["loss"])
+
+
+def test_gradient_caching_shrinks_the_step_memory_plan():
+    from cxr_jax import bench
+
+    plain = bench.run(config_lib.load(SMOKE, ["batch_size=64"]), compile_only=True)
+    cached = bench.run(config_lib.load(SMOKE, ["batch_size=64", "train.grad_cache_chunks=8"]), compile_only=True)
+    # Measured: 7.8 MiB of temporaries plain, 1.8 MiB in 8 micro-batches.
+    assert cached["xla_temp_memory_mb"] < 0.35 * plain["xla_temp_memory_mb"], (cached, plain)
