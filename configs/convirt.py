@@ -65,6 +65,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.probe.fractions = (0.01, 0.1, 1.0)  # Of the labelled probe.train examples.
     c.probe.seeds = 3  # Seeded subsets averaged below 100%.
     c.probe.inverse_l2 = 1.0  # Logistic regression's C (sklearn).
+    c.probe.finetune_steps = 100  # Adam steps of batch_size images per fine-tuning run.
+    c.probe.finetune_learning_rate = 1e-4  # The paper's fine-tuning rate.
 
     if arg == "smoke":
         c.batch_size = 8
@@ -79,6 +81,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.optim.warmup_steps = 2
         c.data.train.num_examples, c.data.eval.num_examples = 64, 32
         c.probe.train.num_examples, c.probe.eval.num_examples = 64, 32
+        c.probe.finetune_steps = 3
         c.bench.num_steps = 3
     elif arg == "demo":
         c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 400, 20, 100
@@ -96,6 +99,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
             freeze_embeddings=True, frozen_layers=6))
         c.model.image_hidden_dim, c.model.text_hidden_dim = 2048, 768
         c.text.vocab_size, c.text.max_length = 30522, 128
+        c.text.corpus = common.data_spec("iu_reports", "all")  # Or set text.vocab_file to BERT's vocab.txt.
+        c.text.corpus.path = "../shared/data/iu_reports"
         _probe_on_nih1000(c)
         c.optim.learning_rate, c.optim.warmup_steps = 1e-4, 500
         c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 20000, 100, 1000

@@ -8,8 +8,9 @@ rule.
 
 Linear probe (probe.train → probe.eval, normal vs abnormal): logistic regression on the frozen encoder's pooled
 features, trained on fixed seeded subsets of 1%, 10% and 100% of the labelled examples (at least one of each
-class), AUC averaged over `probe.seeds` subsets; `random_linear_auc_*` repeats it with a freshly initialised
-encoder.
+class), AUC averaged over `probe.seeds` subsets. Fine-tuning trains the whole image encoder with a new linear
+head on the same subsets (binary cross-entropy, Adam, `probe.finetune_steps`). `random_*` repeats both from a
+freshly initialised encoder.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pathlib
 import jax
 import matplotlib
 import numpy as np
+import optax
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -39,8 +41,10 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     result = retrieval(method, state, mesh, outdir)
     random_state = jax.jit(method.init, out_shardings=parallel.replicated(mesh))(
         jax.random.key(config.seed + 1), _probe_batch(config))
+    probe_data = {split: _labelled(config, config.probe[split]) for split in ("train", "eval")}
     for prefix, s in (("", state), ("random_", random_state)):
-        result.update({f"{prefix}{k}": v for k, v in linear_probe(method, s, mesh).items()})
+        result.update({f"{prefix}{k}": v for k, v in linear_probe(method, s, mesh, probe_data).items()})
+        result.update({f"{prefix}{k}": v for k, v in fine_tune(method, s, probe_data).items()})
     return result
 
 
@@ -85,21 +89,12 @@ def chance_recall_at_k(relevant: np.ndarray, k: int) -> float:
     return float(np.mean([1.0 - math.comb(n - int(r), k) / math.comb(n, k) for r in m]))
 
 
-def linear_probe(method, state, mesh) -> dict[str, float]:
+def linear_probe(method, state, mesh, data: dict) -> dict[str, float]:
     """`linear_auc_{1,10,100}pct`: logistic regression on frozen pooled features, mean AUC over seeded subsets."""
-    config = method.config
-    probe = config.probe
-    feats = {}
-    for split in ("train", "eval"):
-        spec = probe[split]
-        data = sources.labelled_images(sources.load(spec, image_size=config.image_size, seed=config.seed),
-                                       spec.source)
-        key = "image" if "image" in data else "file"
-        x, rows = common.predict(method.image_features, state, {key: data[key]}, preprocess=method.preprocess_eval,
-                                 batch_size=config.batch_size, mesh=mesh, image_size=config.image_size,
-                                 on_error=spec.on_error)
-        feats[split] = (x, data["label"][rows])
-    (x_train, y_train), (x_eval, y_eval) = feats["train"], feats["eval"]
+    config, probe = method.config, method.config.probe
+    (x_train, y_train), (x_eval, y_eval) = (
+        (common.predict(method.image_features, state, {"image": data[split][0]}, preprocess=None,
+                        batch_size=config.batch_size, mesh=mesh)[0], data[split][1]) for split in ("train", "eval"))
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     result = {}
     for fraction in probe.fractions:
@@ -111,6 +106,61 @@ def linear_probe(method, state, mesh) -> dict[str, float]:
             aucs.append(skm.roc_auc_score(y_eval, clf.decision_function((x_eval - mean) / std)))
         result[f"linear_auc_{round(fraction * 100)}pct"] = float(np.mean(aucs))
     return result
+
+
+def fine_tune(method, state, data: dict) -> dict[str, float]:
+    """`finetune_auc_{1,10,100}pct`: encoder + new linear head trained end to end on each labelled subset."""
+    config, probe = method.config, method.config.probe
+    encoder = method.model.image_encoder
+    start = jax.device_get({"params": state.params["model"]["image_encoder"],
+                            "batch_stats": state.model_state["batch_stats"]["image_encoder"]})
+    width = jax.eval_shape(lambda v: encoder.apply(v, data["eval"][0][:1]), start).shape[-1]
+    tx = optax.adam(probe.finetune_learning_rate)
+
+    def loss_fn(params, stats, images, labels):
+        features, updates = encoder.apply({"params": params["encoder"], "batch_stats": stats}, images, train=True,
+                                          mutable=["batch_stats"])
+        logits = features @ params["head"]["kernel"] + params["head"]["bias"]
+        return optax.sigmoid_binary_cross_entropy(logits[:, 0], labels).mean(), updates["batch_stats"]
+
+    @jax.jit
+    def step(params, stats, opt_state, images, labels):
+        (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, images, labels)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), stats, opt_state
+
+    @jax.jit
+    def scores(params, stats, images):
+        features = encoder.apply({"params": params["encoder"], "batch_stats": stats}, images)
+        return (features @ params["head"]["kernel"] + params["head"]["bias"])[:, 0]
+
+    (x_train, y_train), (x_eval, y_eval) = data["train"], data["eval"]
+    result = {}
+    for fraction in probe.fractions:
+        aucs = []
+        for seed in range(probe.seeds if fraction < 1 else 1):
+            subset = labelled_subset(y_train, fraction, seed)
+            params = {"encoder": start["params"], "head": {"kernel": np.zeros((width, 1), np.float32),
+                                                           "bias": np.zeros(1, np.float32)}}
+            stats, opt_state = start["batch_stats"], tx.init(params)
+            rng = np.random.default_rng(seed)
+            for _ in range(probe.finetune_steps):
+                rows = rng.choice(subset, size=config.batch_size, replace=len(subset) < config.batch_size)
+                labels = y_train[rows].astype(np.float32)
+                params, stats, opt_state = step(params, stats, opt_state, x_train[rows], labels)
+            out = np.concatenate([scores(params, stats, x_eval[i:i + config.batch_size])
+                                  for i in range(0, len(x_eval), config.batch_size)])
+            aucs.append(skm.roc_auc_score(y_eval, out))
+        result[f"finetune_auc_{round(fraction * 100)}pct"] = float(np.mean(aucs))
+    return result
+
+
+def _labelled(config, spec) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled images of a probe split in memory, as the eval preprocessing gives them ([-1, 1] floats)."""
+    spec = spec.copy_and_resolve_references()
+    spec.stream = False
+    data = sources.labelled_images(sources.load(spec, image_size=config.image_size, seed=config.seed), spec.source)
+    return data["image"].astype(np.float32) / 127.5 - 1.0, data["label"]
 
 
 def labelled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
