@@ -44,6 +44,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.text.corpus.num_examples = 2000
     c.text.max_length = 64  # Tokens per sentence, [CLS] and [SEP] included.
     c.text.max_sentences = 16  # Sentences kept per report; one is drawn per example per step.
+    c.text.unit = "sentence"  # What a training text is: one random sentence (paper) or the whole "report".
 
     c.augment = augment.augment_config("convirt")
 
@@ -67,6 +68,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.probe.inverse_l2 = 1.0  # Logistic regression's C (sklearn).
     c.probe.finetune_steps = 100  # Adam steps of batch_size images per fine-tuning run.
     c.probe.finetune_learning_rate = 1e-4  # The paper's fine-tuning rate.
+
+    # Category retrieval in the CheXpert 8×200 format (cxr_jax/data/retrieval_sets.py); `cxr-jax data
+    # retrieval-set` writes one from a labelled source. Paths relative to `root` (default: the CSV's folder).
+    c.retrieval = ml_collections.ConfigDict(dict(candidates=None, image_queries=None, text_queries=None, root=None))
 
     if arg == "smoke":
         c.batch_size = 8

@@ -106,6 +106,17 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     show.add_argument("--out", required=True, help="the PNG to write")
     show.add_argument("--num", type=int, default=8, help="how many examples")
     show.add_argument("--image-size", type=int, default=256, help="side the images are resized to")
+    rset = actions.add_parser("retrieval-set", help="write a category retrieval set in the CheXpert 8×200 format "
+                              "(candidates.csv, image_queries.csv, text_queries.csv)")
+    rset.add_argument("source")
+    rset.add_argument("--path", help="a directory in the source's layout")
+    rset.add_argument("--split", default="all", help="split to read")
+    rset.add_argument("--out", required=True, help="the directory to write")
+    rset.add_argument("--queries", type=int, default=10, help="image queries per category")
+    rset.add_argument("--candidates", type=int, default=200, help="candidates per category")
+    rset.add_argument("--num-examples", type=int, default=0, help="phantom: how many images to draw")
+    rset.add_argument("--image-size", type=int, default=256, help="phantom: image side")
+    rset.add_argument("--seed", type=int, default=0, help="seeds the choice of queries and candidates")
 
 
 def _data_spec(args, num_examples: int):
@@ -133,6 +144,17 @@ def _data(args, config) -> int:
         data = sources.load(spec, image_size=args.image_size, seed=0)
         shown = show.contact_sheet(data, args.out, num=args.num, title=f"{args.source} ({args.split})")
         print(f"wrote {args.out}: {len(shown)} of {len(data.get('image', []))} images")
+        return 0
+    if args.action == "retrieval-set":
+        from cxr_jax.data import retrieval_sets
+
+        spec = _data_spec(args, args.num_examples)
+        spec.stream = True  # Only the file names are needed.
+        counts = retrieval_sets.write_set(sources.load(spec, image_size=args.image_size, seed=args.seed),
+                                          args.source, args.out, num_queries=args.queries,
+                                          num_candidates=args.candidates, seed=args.seed)
+        print(f"wrote {args.out}: {args.candidates} candidates and {args.queries} image queries for each of "
+              f"{', '.join(counts)}")
         return 0
     spec = _data_spec(args, args.num_examples)
     print(json.dumps(sources.describe(sources.load(spec, image_size=64, seed=0)), indent=2))

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from cxr_jax import parallel  # noqa: E402
 from cxr_jax.config import ConfigError  # noqa: E402
 from cxr_jax.data.sources import io  # noqa: E402
-from cxr_jax.evaluate import common  # noqa: E402
+from cxr_jax.evaluate import common, convirt  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 
@@ -52,10 +52,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, query
     pixels = np.stack([io.read_gray(f, size)[0][..., None] for f in files])
     image_emb, _ = common.predict(method.embed_images, state, {"image": pixels}, preprocess=method.preprocess_eval,
                                   batch_size=config.batch_size, mesh=mesh)
-    ids = method.tokenizer.encode(query, config.text.max_length)[None]
-    tokens = {"input_ids": ids, "attention_mask": (ids != method.tokenizer.pad_id).astype(np.int32)}
-    text_emb, _ = common.predict(method.embed_text, state, tokens, preprocess=None, batch_size=config.batch_size,
-                                 mesh=mesh)
+    text_emb = convirt.embed_texts(method, state, mesh, [query])
     scores = _unit(image_emb) @ _unit(text_emb)[0]
     order = np.argsort(-scores, kind="stable")[:top_k]
     result = {"query": query, "workdir": str(workdir), "step": step, "num_images": len(files),

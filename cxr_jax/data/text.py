@@ -190,16 +190,18 @@ def sentences(text: str) -> list[str]:
     return out
 
 
-def encode_sentences(tokenizer: Tokenizer, texts: Sequence[str], *, max_length: int,
-                     max_sentences: int) -> tuple[np.ndarray, np.ndarray]:
+def encode_sentences(tokenizer: Tokenizer, texts: Sequence[str], *, max_length: int, max_sentences: int,
+                     whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per text, its first `max_sentences` sentences as ids [N, S, T] and how many there are [N].
 
-    A text with no sentence keeps its whole string as one (so every example has something to sample).
+    A text with no sentence keeps its whole string as one (so every example has something to sample). With
+    `whole`, each text is a single "sentence": its sentences joined, headers removed (then S = 1).
     """
-    tokens = np.full((len(texts), max_sentences, max_length), tokenizer.pad_id, np.int32)
+    tokens = np.full((len(texts), 1 if whole else max_sentences, max_length), tokenizer.pad_id, np.int32)
     counts = np.zeros(len(texts), np.int32)
     for i, text in enumerate(texts):
-        parts = sentences(text)[:max_sentences] or [text]
+        parts = sentences(text)
+        parts = ([" ".join(parts)] if whole and parts else parts[:max_sentences]) or [text]
         counts[i] = len(parts)
         for j, part in enumerate(parts):
             tokens[i, j] = tokenizer.encode(part, max_length)

@@ -6,6 +6,9 @@ among their k nearest reports, `t2i_recall_at_k` the converse. Identical report 
 (phantom and covid reports repeat), and `chance_*` gives the expected recall of a random ranking under the same
 rule.
 
+Category retrieval (`retrieval.candidates` with image and/or text queries, CheXpert 8×200 format, see
+`data.retrieval_sets`): Precision@5/10/50/100 image→image and text→image, with the chance level.
+
 Linear probe (probe.train → probe.eval, normal vs abnormal): logistic regression on the frozen encoder's pooled
 features, trained on fixed seeded subsets of 1%, 10% and 100% of the labelled examples (at least one of each
 class), AUC averaged over `probe.seeds` subsets. Fine-tuning trains the whole image encoder with a new linear
@@ -15,6 +18,7 @@ freshly initialised encoder.
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 
@@ -29,10 +33,12 @@ from sklearn import linear_model  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 from cxr_jax import parallel  # noqa: E402
-from cxr_jax.data import sources, text  # noqa: E402
+from cxr_jax.config import ConfigError  # noqa: E402
+from cxr_jax.data import retrieval_sets, sources, text  # noqa: E402
 from cxr_jax.evaluate import common  # noqa: E402
 
 KS = (1, 5, 10)
+PRECISION_KS = (5, 10, 50, 100)
 
 
 def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
@@ -43,6 +49,8 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
         jax.random.key(config.seed + 1), _probe_batch(config))
     probe_data = {split: _labelled(config, config.probe[split]) for split in ("train", "eval")}
     for prefix, s in (("", state), ("random_", random_state)):
+        if config.retrieval.candidates:
+            result.update({f"{prefix}{k}": v for k, v in category_retrieval(method, s, mesh).items()})
         result.update({f"{prefix}{k}": v for k, v in linear_probe(method, s, mesh, probe_data).items()})
         result.update({f"{prefix}{k}": v for k, v in fine_tune(method, s, probe_data).items()})
     return result
@@ -60,10 +68,7 @@ def retrieval(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
                                      batch_size=config.batch_size, mesh=mesh, image_size=config.image_size,
                                      on_error=spec.on_error)
     reports = [" ".join(text.sentences(t)) or t for t in data["text"][rows]]
-    ids = np.stack([method.tokenizer.encode(r, config.text.max_length) for r in reports])
-    tokens = {"input_ids": ids, "attention_mask": (ids != method.tokenizer.pad_id).astype(np.int32)}
-    text_emb, _ = common.predict(method.embed_text, state, tokens, preprocess=None, batch_size=config.batch_size,
-                                 mesh=mesh)
+    text_emb = embed_texts(method, state, mesh, reports)
     same = np.array(reports)[:, None] == np.array(reports)[None, :]
     scores = _normalize(image_emb) @ _normalize(text_emb).T
     result = {"num_pairs": float(len(reports))}
@@ -74,6 +79,57 @@ def retrieval(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     labels = data["label"][rows] if "label" in data else np.full(len(rows), -1)
     plot_embeddings(image_emb, labels, outdir / "embeddings.png")
     return result
+
+
+def category_retrieval(method, state, mesh) -> dict[str, float]:
+    """`i2i_/t2i_precision_at_{5,10,50,100}` on a CheXpert 8×200-format set (`retrieval.*`), beside chance.
+
+    Precision@k: the fraction of a query's k nearest candidates (cosine of the embeddings) in its category,
+    averaged over queries; k larger than the candidate set is left out.
+    """
+    spec = method.config.retrieval
+    queries = {}
+    if spec.image_queries:
+        queries["i2i"] = retrieval_sets.read_queries(spec.image_queries, "Path", spec.root)
+    if spec.text_queries:
+        queries["t2i"] = retrieval_sets.read_queries(spec.text_queries, "Text", spec.root)
+    if not queries:
+        raise ConfigError("retrieval.candidates is set but neither retrieval.image_queries nor text_queries")
+    candidates = retrieval_sets.read_candidates(
+        spec.candidates, np.concatenate([categories for categories, _ in queries.values()]), spec.root)
+    embed = functools.partial(_embed_files, method, state, mesh)
+    candidate_emb = _normalize(embed(candidates["file"]))
+    result = {"num_candidates": float(len(candidate_emb))}
+    for kind, (categories, items) in queries.items():
+        query_emb = embed(items) if kind == "i2i" else embed_texts(method, state, mesh, items)
+        relevant = np.stack([candidates["relevant"][c] for c in categories])
+        scores = _normalize(query_emb) @ candidate_emb.T
+        for k in PRECISION_KS:
+            if k <= scores.shape[1]:
+                result[f"{kind}_precision_at_{k}"] = precision_at_k(scores, relevant, k)
+        result[f"chance_{kind}_precision"] = float(relevant.mean())
+    return result
+
+
+def precision_at_k(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
+    """Mean over queries (rows) of the relevant fraction among the k highest scores (ties broken by index)."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.take_along_axis(relevant, top, axis=1)))
+
+
+def embed_texts(method, state, mesh, texts) -> np.ndarray:
+    """Embeddings [N, d] of whole texts, each tokenised to `text.max_length`."""
+    ids = np.stack([method.tokenizer.encode(t, method.config.text.max_length) for t in texts])
+    tokens = {"input_ids": ids, "attention_mask": (ids != method.tokenizer.pad_id).astype(np.int32)}
+    return common.predict(method.embed_text, state, tokens, preprocess=None, batch_size=method.config.batch_size,
+                          mesh=mesh)[0]
+
+
+def _embed_files(method, state, mesh, files) -> np.ndarray:
+    """Image embeddings [N, d] of image files, read in tf.data (any bad file stops with its name)."""
+    return common.predict(method.embed_images, state, {"file": np.asarray(files, object)},
+                          preprocess=method.preprocess_eval, batch_size=method.config.batch_size, mesh=mesh,
+                          image_size=method.config.image_size)[0]
 
 
 def recall_at_k(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:

@@ -230,8 +230,10 @@ def paired_examples(examples: dict, tokenizer: text.Tokenizer, text_cfg: ml_coll
     key = "image" if "image" in examples else "file"
     if key not in examples or "text" not in examples:
         raise sources.DataError(f"data source {source!r} has no image–text pairs (ConVIRT needs both)")
+    if text_cfg.unit not in ("sentence", "report"):
+        raise ConfigError(f"text.unit={text_cfg.unit!r}; expected 'sentence' or 'report'")
     tokens, counts = text.encode_sentences(tokenizer, list(examples["text"]), max_length=text_cfg.max_length,
-                                           max_sentences=text_cfg.max_sentences)
+                                           max_sentences=text_cfg.max_sentences, whole=text_cfg.unit == "report")
     return {key: examples[key], "tokens": tokens, "num_sentences": counts}
 
 

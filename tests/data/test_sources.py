@@ -32,6 +32,21 @@ def test_nih1000_fixture_loads_and_pads_to_square(tmp_path):
     assert data["image"][0, 0, 8, 0] < 128 and data["image"][0, 8, 8, 0] == 128
 
 
+def test_nih1000_finding_labels_become_findings(tmp_path):
+    _write_nih(tmp_path, [("images/a.png", "train", "1", "Effusion|Nodule"), ("images/b.png", "train", "0",
+                                                                              "No Finding")],
+               header="image,split,abnormal,finding_labels")
+    for name in "ab":
+        _png(tmp_path / "images" / f"{name}.png")
+    data = sources.load(_spec("nih1000", str(tmp_path)), image_size=8, seed=0)
+    names = sources.public.NIH_FINDINGS
+    assert [names[k] for k in np.flatnonzero(data["findings"][0])] == ["Effusion", "Nodule"]
+    assert not data["findings"][1].any()
+    _write_nih(tmp_path, [("images/a.png", "train", "1", "Flu")], header="image,split,abnormal,finding_labels")
+    with pytest.raises(sources.DataError, match=r"metadata.csv: row 2: unknown finding 'Flu'"):
+        sources.load(_spec("nih1000", str(tmp_path)), image_size=8, seed=0)
+
+
 @pytest.mark.parametrize("problem,message", [
     ("missing_column", "missing required column"),
     ("missing_file", "image file is missing"),

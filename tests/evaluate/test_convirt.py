@@ -30,6 +30,15 @@ def test_chance_recall_matches_enumerating_every_ranking():
         np.testing.assert_allclose(convirt.chance_recall_at_k(relevant, k), np.mean(hits), rtol=1e-12)
 
 
+def test_precision_at_k_is_the_relevant_fraction_of_the_top_k():
+    scores = np.array([[0.9, 0.1, 0.5, 0.7], [0.2, 0.1, 0.8, 0.3]])
+    relevant = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], bool)
+    # Query 0 ranks [0, 3, 2, 1]: top-2 holds one of its two; query 1 ranks [2, 3, 0, 1]: both.
+    assert convirt.precision_at_k(scores, relevant, 2) == (1 / 2 + 2 / 2) / 2
+    assert convirt.precision_at_k(scores, relevant, 1) == 1.0
+    assert convirt.precision_at_k(scores, relevant, 4) == 0.5
+
+
 def test_labelled_subset_is_seeded_stratified_and_nonempty_per_class():
     labels = np.array([0] * 90 + [1] * 10)
     small = convirt.labelled_subset(labels, 0.01, seed=0)
@@ -43,8 +52,19 @@ def test_labelled_subset_is_seeded_stratified_and_nonempty_per_class():
 
 def test_train_and_evaluate_from_the_cli(tmp_path):
     run_cli("train", "--config", SMOKE, "--workdir", str(tmp_path), "--config.train.grad_cache_chunks=2")
-    run_cli("evaluate", "--config", SMOKE, "--workdir", str(tmp_path))
+    sets = tmp_path / "8x200"
+    run_cli("data", "retrieval-set", "phantom", "--split", "test", "--num-examples", "200", "--image-size", "32",
+            "--queries", "2", "--candidates", "6", "--out", str(sets))
+    run_cli("evaluate", "--config", SMOKE, "--workdir", str(tmp_path), *(
+        f"--config.retrieval.{key}={sets / name}.csv"
+        for key, name in (("candidates", "candidates"), ("image_queries", "image_queries"),
+                          ("text_queries", "text_queries"))))
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    categories = len(np.unique(np.loadtxt(sets / "image_queries.csv", str, delimiter=",", skiprows=1)[:, 0]))
+    assert metrics["num_candidates"] == 6 * categories
+    for prefix, way in itertools.product(("", "random_"), ("i2i", "t2i")):
+        assert metrics[f"{prefix}chance_{way}_precision"] == 1 / categories  # Exclusive, balanced categories.
+        assert 0 <= metrics[f"{prefix}{way}_precision_at_5"] <= 1 and f"{way}_precision_at_50" not in metrics
     for k in (1, 5, 10):
         for way in ("i2t", "t2i"):
             assert 0 <= metrics[f"{way}_recall_at_{k}"] <= 1

@@ -52,7 +52,7 @@ def load_chexpert(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
 
     def read_row(line, r):
         findings = [chexpert_value(meta, line, c, r[c], spec.uncertain) for c in CHEXPERT_OBSERVATIONS]
-        return {"file": _chexpert_file(root, r["Path"], meta, line), "name": r["Path"], "findings": findings,
+        return {"file": listed_file(root, r["Path"], meta, line), "name": r["Path"], "findings": findings,
                 "label": chexpert_label(findings)}
 
     return collect(chosen, read_row, spec=spec, image_size=image_size, where=f"chexpert {spec.split}")
@@ -82,8 +82,11 @@ def chexpert_value(path, line, column, text, policy) -> int:
     return UNCERTAIN[policy] if value == -1 else int(value)
 
 
-def _chexpert_file(root: pathlib.Path, rel: str, meta, line) -> pathlib.Path:
-    """CSV paths start with the data set's folder name ('CheXpert-v1.0-small/train/…'); accept either root."""
+def listed_file(root: pathlib.Path, rel: str, meta, line) -> pathlib.Path:
+    """A CSV's image path under `root`, its parent, or `root` without the path's first folder.
+
+    CheXpert's paths start with the data set's folder name ('CheXpert-v1.0-small/train/…'); accept either root.
+    """
     parts = pathlib.PurePosixPath(rel).parts
     for candidate in (root / rel, root.parent / rel, root.joinpath(*parts[1:])):
         if candidate.is_file():
@@ -112,12 +115,7 @@ def load_nih14(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
 
     def read_row(line, r):
         name = r["Image Index"]
-        findings = np.zeros(len(NIH_FINDINGS), np.int32)
-        for finding in r["Finding Labels"].split("|"):
-            if finding != "No Finding":
-                if finding not in NIH_FINDINGS:
-                    raise DataError(f"{meta}: row {line}: unknown finding {finding!r}; expected {NIH_FINDINGS}")
-                findings[NIH_FINDINGS.index(finding)] = 1
+        findings = nih_findings(r["Finding Labels"], meta, line)
         if name not in index:
             raise DataError(f"{root}: image {name} listed in {meta.name} (row {line}) is missing")
         resized = resize_boxes(boxes[name], most, header_size(index[name]), image_size)
@@ -126,6 +124,17 @@ def load_nih14(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
 
     return collect(enumerate(rows, start=2), read_row, spec=spec, image_size=image_size,
                    where=f"nih14 {spec.split}")
+
+
+def nih_findings(labels: str, path, line: int) -> np.ndarray:
+    """'|'-separated NIH labels ('No Finding' alone for normals) as int32 [14] in NIH_FINDINGS order."""
+    findings = np.zeros(len(NIH_FINDINGS), np.int32)
+    for finding in labels.split("|"):
+        if finding != "No Finding":
+            if finding not in NIH_FINDINGS:
+                raise DataError(f"{path}: row {line}: unknown finding {finding!r}; expected {NIH_FINDINGS}")
+            findings[NIH_FINDINGS.index(finding)] = 1
+    return findings
 
 
 def union(boxes: np.ndarray) -> np.ndarray:

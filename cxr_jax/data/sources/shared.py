@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
+from cxr_jax.data.sources import public
 from cxr_jax.data.sources.io import (
     DataError,
     collect,
@@ -31,7 +32,10 @@ JSRT_STRUCTURES = ("right_lung", "left_lung", "heart")  # Landmark order: same i
 
 
 def load_nih1000(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
-    """NIH ChestX-ray14 subset: `metadata.csv` (image, split, abnormal, …) and `images/*.png`."""
+    """NIH ChestX-ray14 subset: `metadata.csv` (image, split, abnormal, …) and `images/*.png`.
+
+    `findings` [N, 14] in NIH_FINDINGS order when the CSV has `finding_labels`.
+    """
     del seed
     root = require_dir(spec.path, "nih1000")
     meta = root / "metadata.csv"
@@ -44,7 +48,10 @@ def load_nih1000(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     def read_row(line, r):
         if r["abnormal"] not in ("0", "1"):
             raise DataError(f"{meta}: row {line}: abnormal must be 0 or 1, got {r['abnormal']!r}")
-        return {"file": root / r["image"], "label": int(r["abnormal"]), "name": r["image"]}
+        example = {"file": root / r["image"], "label": int(r["abnormal"]), "name": r["image"]}
+        if "finding_labels" in r:
+            example["findings"] = public.nih_findings(r["finding_labels"], meta, line)
+        return example
 
     return collect(rows, read_row, spec=spec, image_size=image_size, where=f"nih1000 {spec.split}")
 
