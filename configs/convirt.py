@@ -32,6 +32,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.model.text_hidden_dim = 128
     c.model.temperature = 0.1  # τ.
     c.model.learn_temperature = False  # Learn τ (CLIP's log 1/τ parameter, clipped at 1/τ = 100).
+    c.model.head_batch_norm = False  # BatchNorm in the projection heads (keeps random towers from collapsing).
     c.model.image_weight = 0.75  # λ, the weight of the image→text direction.
     # Pretrained towers from local files (they fix the tower's architecture; model.image/text sizes then unused):
     c.model.image_weights = None  # A torchvision ResNet-50 state dict (.safetensors, .pth).

@@ -14,17 +14,25 @@ from cxr_jax.models import bert
 
 
 class ProjectionHead(nn.Module):
-    """Linear → ReLU → Linear (the paper's g_v and g_u)."""
+    """Linear → ReLU → Linear (the paper's g_v and g_u); optionally BatchNorm before the ReLU (SimCLR's head).
+
+    The BatchNorm centres the hidden features over the batch. From random towers, whose pooled features point
+    almost the same way for every input, this keeps a tower from collapsing to one embedding early in
+    training (the paper starts from pretrained towers and needs no norm).
+    """
 
     hidden_dim: int
     out_dim: int
+    batch_norm: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
         """[B, in] → [B, out_dim]."""
-        x = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="hidden")(x))
-        return nn.Dense(self.out_dim, dtype=self.dtype, name="out")(x)
+        x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="hidden")(x)
+        if self.batch_norm:
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="norm")(x)
+        return nn.Dense(self.out_dim, dtype=self.dtype, name="out")(nn.relu(x))
 
 
 class ConVIRT(nn.Module):
@@ -41,23 +49,24 @@ class ConVIRT(nn.Module):
     text_hidden_dim: int = 768
     temperature_init: float = 0.1
     learn_temperature: bool = False
+    head_batch_norm: bool = False
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):  # noqa: D102
-        self.image_head = ProjectionHead(self.image_hidden_dim, self.embed_dim, self.dtype)
-        self.text_head = ProjectionHead(self.text_hidden_dim, self.embed_dim, self.dtype)
+        self.image_head = ProjectionHead(self.image_hidden_dim, self.embed_dim, self.head_batch_norm, self.dtype)
+        self.text_head = ProjectionHead(self.text_hidden_dim, self.embed_dim, self.head_batch_norm, self.dtype)
         if self.learn_temperature:
             self.log_inv_temperature = self.param(
                 "log_inv_temperature", nn.initializers.constant(-np.log(self.temperature_init)), ())
 
     def embed_images(self, images, train: bool = False):
         """Images NHWC → [B, embed_dim] float32."""
-        return self.image_head(self.image_encoder(images, train=train)).astype(jnp.float32)
+        return self.image_head(self.image_encoder(images, train=train), train).astype(jnp.float32)
 
     def embed_text(self, input_ids, attention_mask, train: bool = False):
         """Token ids and mask [B, T] → [B, embed_dim] float32, from the max over non-padding tokens."""
         hidden = self.text_encoder(input_ids, attention_mask, train=train)
-        return self.text_head(bert.masked_max_pool(hidden, attention_mask)).astype(jnp.float32)
+        return self.text_head(bert.masked_max_pool(hidden, attention_mask), train).astype(jnp.float32)
 
     def temperature(self):
         """τ of the loss: learned (clipped to ≥ 0.01, as CLIP clips 1/τ at 100) or fixed."""

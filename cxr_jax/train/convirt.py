@@ -53,7 +53,7 @@ class ConVIRT:
         self.model = convirt_model.ConVIRT(
             image_encoder=image_encoder, text_encoder=text_encoder, embed_dim=m.embed_dim,
             image_hidden_dim=m.image_hidden_dim, text_hidden_dim=m.text_hidden_dim, temperature_init=m.temperature,
-            learn_temperature=m.learn_temperature, dtype=dtype)
+            learn_temperature=m.learn_temperature, head_batch_norm=m.head_batch_norm, dtype=dtype)
         self.schedule = optax.warmup_cosine_decay_schedule(
             0.0, config.optim.learning_rate, config.optim.warmup_steps, config.train.num_steps)
         adam = optax.chain(optax.add_decayed_weights(config.optim.weight_decay), optax.adam(self.schedule))
@@ -88,7 +88,7 @@ class ConVIRT:
         ids = jnp.zeros((batch["image"].shape[0], self.config.text.max_length), jnp.int32)
         variables = self.model.init({"params": rng, "dropout": rng}, batch["image"], ids, jnp.ones_like(ids))
         return state_lib.TrainState.create({"model": variables["params"]}, self.tx,
-                                           {"batch_stats": variables["batch_stats"]})
+                                           {"batch_stats": dict(variables["batch_stats"])})
 
     def load_pretrained(self, state: state_lib.TrainState) -> state_lib.TrainState:
         """`state` with the towers imported from `model.image_weights` / `model.text_weights` (fresh runs)."""
@@ -169,9 +169,11 @@ class ConVIRT:
         variables = {"params": params, **model_state}
         image, updates = self.model.apply(variables, chunk["image"], train=True, method="embed_images",
                                           mutable=["batch_stats"])
-        text_emb = self.model.apply(variables, chunk["input_ids"], chunk["attention_mask"], train=True,
-                                    method="embed_text", rngs={"dropout": rng})
-        return image, text_emb, {**model_state, **updates}
+        text_emb, text_updates = self.model.apply(variables, chunk["input_ids"], chunk["attention_mask"],
+                                                  train=True, method="embed_text", rngs={"dropout": rng},
+                                                  mutable=["batch_stats"])
+        stats = {**model_state["batch_stats"], **updates["batch_stats"], **text_updates.get("batch_stats", {})}
+        return image, text_emb, {**model_state, "batch_stats": stats}
 
     def image_features(self, state: state_lib.TrainState, batch) -> jax.Array:
         """Inference: the image encoder's pooled features (what linear probes and fine-tuning start from)."""

@@ -86,3 +86,14 @@ def test_encode_sentences_pads_and_counts():
         np.testing.assert_array_equal(ids[i, 0], tok.encode(parts[0], 16))
         assert (ids[i, counts[i]:] == tok.pad_id).all()
     assert counts[-1] == 1 and list(ids[-1, 0, :3]) == [tok.cls_id, tok.sep_id, tok.pad_id]
+
+
+def test_encode_whole_reports_joins_their_sentences():
+    data = phantom.generate(3, image_size=32, seed=0)
+    tok = text.Tokenizer(text.train_vocab(data["text"], vocab_size=200))
+    ids, counts = text.encode_sentences(tok, list(data["text"]), max_length=64, max_sentences=4, whole=True)
+    assert ids.shape == (3, 1, 64) and counts.tolist() == [1, 1, 1]
+    for i, report in enumerate(data["text"]):
+        body = " ".join(text.sentences(report))
+        assert "FINDINGS" not in body and len(text.sentences(report)) > 1
+        np.testing.assert_array_equal(ids[i, 0], tok.encode(body, 64))
