@@ -2,7 +2,8 @@ r"""ConVIRT: image–report contrastive pretraining (Zhang et al., MLHC 2022).
 
 Variants:
   smoke:  seconds; tiny towers on 32 px phantom image–report pairs (tests).
-  demo:   minutes on 2 CPU cores; ResNet-10 and a 2-layer BERT on 64 px phantom pairs.
+  demo:   minutes on 2 CPU cores; ResNet-10 and a 2-layer BERT on 64 px phantom image–report pairs (whole
+          reports: most phantom sentences are boilerplate that says nothing about the image).
   covid:  the demo towers on ../shared/data/covid (radiographs with their clinical notes).
   paper:  ResNet-50 and BERT-base (embeddings and 6 layers frozen) at 224 px, batch 32, τ 0.1, λ 0.75,
           Adam 1e-4 with L2 1e-6; set text.vocab_file to a BERT/ClinicalBERT vocab.txt.
@@ -90,6 +91,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.probe.finetune_steps = 3
         c.bench.num_steps = 3
     elif arg == "demo":
+        c.text.unit = "report"  # A phantom sentence is mostly boilerplate ("Heart size is normal.").
         c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 400, 20, 100
     elif arg == "covid":
         for split, name in ((c.data.train, "train"), (c.data.eval, "valid"), (c.text.corpus, "train")):

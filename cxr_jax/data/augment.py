@@ -183,14 +183,20 @@ def random_gaussian_blur(image: tf.Tensor, seed: tf.Tensor, *, sigma: tuple[floa
 
 
 def convirt_view(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
-    """ConVIRT's image view: crop, horizontal flip, affine, brightness/contrast, blur; [0, 1] in and out."""
+    """ConVIRT's image view: crop, horizontal flip, affine, brightness/contrast, blur; [0, 1] in and out.
+
+    The blur's σ range is given for `cfg.blur_reference_size`-pixel images (the paper's 224) and scaled to
+    this image, so a 64-px run blurs the same anatomy as the paper does.
+    """
     s = tf.unstack(split_seed(seed, 5))
-    image = random_resized_crop(image, s[0], size=image.shape[0], area=tuple(cfg.crop_area))
+    size = image.shape[0]
+    image = random_resized_crop(image, s[0], size=size, area=tuple(cfg.crop_area))
     image = random_flip(image, s[1], axis=1)
     image = random_affine(image, s[2], degrees=cfg.degrees, translate=cfg.translate, scale=tuple(cfg.scale))
     image = random_brightness_contrast(image, s[3], brightness=tuple(cfg.brightness),
                                        contrast=tuple(cfg.contrast))
-    return random_gaussian_blur(image, s[4], sigma=tuple(cfg.blur_sigma))
+    return random_gaussian_blur(image, s[4], sigma=tuple(sigma * size / cfg.blur_reference_size
+                                                         for sigma in cfg.blur_sigma))
 
 
 def ld_base(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
@@ -213,7 +219,8 @@ def augment_config(method: str) -> ml_collections.ConfigDict:
     if method == "convirt":  # Zhang et al. 2022, Sec. 3.3 / their torchvision pipeline.
         return ml_collections.ConfigDict(dict(
             crop_area=(0.6, 1.0), degrees=20.0, translate=0.1, scale=(0.95, 1.05),
-            brightness=(0.6, 1.4), contrast=(0.6, 1.4), blur_sigma=(0.1, 3.0)))
+            brightness=(0.6, 1.4), contrast=(0.6, 1.4), blur_sigma=(0.1, 3.0),
+            blur_reference_size=224))  # blur_sigma is in pixels of an image this wide; scaled to the input.
     if method == "ld":  # Chen et al. 2023, official X-ray pre-training code.
         return ml_collections.ConfigDict(dict(
             crop_area=(0.9, 1.0), base_degrees=180.0, view_degrees=2.0, brightness=(0.8, 1.2),
