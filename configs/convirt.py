@@ -92,11 +92,16 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.bench.num_steps = 3
     elif arg == "demo":
         c.text.unit = "report"  # A phantom sentence is mostly boilerplate ("Heart size is normal.").
+        # From random towers this small run otherwise collapses to one text embedding (loss stuck at ln 32):
+        # BatchNorm in the heads, and no crop or affine (the paper's photometric jitter, flip and blur stay).
+        c.model.head_batch_norm = True
+        c.augment.crop_area, c.augment.degrees, c.augment.translate, c.augment.scale = (1.0, 1.0), 0.0, 0.0, (1.0, 1.0)
         c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 400, 20, 100
     elif arg == "covid":
         for split, name in ((c.data.train, "train"), (c.data.eval, "valid"), (c.text.corpus, "train")):
             split.source, split.path, split.split, split.num_examples = "covid", "../shared/data/covid", name, 0
         _probe_on_nih1000(c)
+        c.model.head_batch_norm = True  # Random towers (see demo).
         c.batch_size = 16
         c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 400, 20, 100
     elif arg in ("paper", "large"):

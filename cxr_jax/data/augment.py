@@ -191,7 +191,7 @@ def convirt_view(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDi
     s = tf.unstack(split_seed(seed, 5))
     size = image.shape[0]
     image = random_resized_crop(image, s[0], size=size, area=tuple(cfg.crop_area))
-    image = random_flip(image, s[1], axis=1)
+    image = random_flip(image, s[1], axis=1, p=cfg.flip)
     image = random_affine(image, s[2], degrees=cfg.degrees, translate=cfg.translate, scale=tuple(cfg.scale))
     image = random_brightness_contrast(image, s[3], brightness=tuple(cfg.brightness),
                                        contrast=tuple(cfg.contrast))
@@ -218,7 +218,7 @@ def augment_config(method: str) -> ml_collections.ConfigDict:
     """The papers' augmentation ranges, for a method config's `augment` field (crops keep the input's size)."""
     if method == "convirt":  # Zhang et al. 2022, Sec. 3.3 / their torchvision pipeline.
         return ml_collections.ConfigDict(dict(
-            crop_area=(0.6, 1.0), degrees=20.0, translate=0.1, scale=(0.95, 1.05),
+            crop_area=(0.6, 1.0), flip=0.5, degrees=20.0, translate=0.1, scale=(0.95, 1.05),
             brightness=(0.6, 1.4), contrast=(0.6, 1.4), blur_sigma=(0.1, 3.0),
             blur_reference_size=224))  # blur_sigma is in pixels of an image this wide; scaled to the input.
     if method == "ld":  # Chen et al. 2023, official X-ray pre-training code.
