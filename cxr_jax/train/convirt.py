@@ -169,11 +169,10 @@ class ConVIRT:
         variables = {"params": params, **model_state}
         image, updates = self.model.apply(variables, chunk["image"], train=True, method="embed_images",
                                           mutable=["batch_stats"])
-        text_emb, text_updates = self.model.apply(variables, chunk["input_ids"], chunk["attention_mask"],
-                                                  train=True, method="embed_text", rngs={"dropout": rng},
-                                                  mutable=["batch_stats"])
-        stats = {**model_state["batch_stats"], **updates["batch_stats"], **text_updates.get("batch_stats", {})}
-        return image, text_emb, {**model_state, "batch_stats": stats}
+        variables = {**variables, **updates}  # The text pass returns the whole collection, image part included.
+        text_emb, updates = self.model.apply(variables, chunk["input_ids"], chunk["attention_mask"], train=True,
+                                             method="embed_text", rngs={"dropout": rng}, mutable=["batch_stats"])
+        return image, text_emb, {**model_state, **updates}
 
     def image_features(self, state: state_lib.TrainState, batch) -> jax.Array:
         """Inference: the image encoder's pooled features (what linear probes and fine-tuning start from)."""

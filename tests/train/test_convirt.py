@@ -25,7 +25,8 @@ def test_eight_devices_and_gradient_caching_give_the_same_gradients():
     assert proc.returncode == 0, proc.stderr[-3000:]
     diffs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert diffs["cached_vs_chunked_1"] < 1e-5 and diffs["cached_vs_chunked_8"] < 1e-5, diffs
-    assert diffs["plain_8_vs_1"] < 1e-5 and diffs["chunked_8_vs_1"] < 1e-5, diffs
+    # 8 shards reduce BatchNorm statistics and the loss in another order: float32 rounding, ~1e-5 of a leaf.
+    assert diffs["plain_8_vs_1"] < 5e-5 and diffs["chunked_8_vs_1"] < 5e-5, diffs
     np.testing.assert_allclose(diffs["loss_8"], diffs["loss_1"], rtol=1e-6)
 
 
@@ -128,3 +129,20 @@ def test_gradient_caching_shrinks_the_step_memory_plan():
     cached = bench.run(config_lib.load(SMOKE, ["batch_size=64", "train.grad_cache_chunks=8"]), compile_only=True)
     # Measured: 7.8 MiB of temporaries plain, 1.8 MiB in 8 micro-batches.
     assert cached["xla_temp_memory_mb"] < 0.35 * plain["xla_temp_memory_mb"], (cached, plain)
+
+
+def test_head_batch_norm_keeps_running_statistics_of_both_heads():
+    config = config_lib.load(SMOKE, ["model.head_batch_norm=True"])
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    s = loop.setup(config, mesh=mesh, method=convirt.ConVIRT(config, mesh))
+    state = s.init_fn(jax.random.key(0), s.first_batch)
+    before = jax.device_get(state.model_state["batch_stats"])
+    state, metrics = s.step_fn(state, s.first_batch)
+    after = jax.device_get(state.model_state["batch_stats"])
+    assert np.isfinite(metrics["loss"])
+    # Momentum 0.9: each running mean moved a tenth of the way to its batch mean (the ResNet's too).
+    for tower in (("image_head", "norm"), ("text_head", "norm"), ("image_encoder", "bn1")):
+        x, y = before, after
+        for key in tower:
+            x, y = x[key], y[key]
+        assert not np.allclose(x["mean"], y["mean"]), tower
