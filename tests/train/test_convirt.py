@@ -122,6 +122,7 @@ def test_towers_start_from_imported_weights(tmp_path):
     assert np.isfinite(metrics["loss"])
 
 
+@pytest.mark.slow  # ~70 s of compiles; keeps the CI run under 15 minutes.
 def test_gradient_caching_shrinks_the_step_memory_plan():
     from cxr_jax import bench
 
