@@ -89,28 +89,28 @@ def _retrieve(args, config) -> int:
     return 0
 
 
+def _add_source(parser: argparse.ArgumentParser, split_help: str = "split to read") -> argparse.ArgumentParser:
+    """The arguments every `data` action shares: SOURCE, --path and --split (read by `_data_spec`)."""
+    parser.add_argument("source")
+    parser.add_argument("--path", help="a directory in the source's layout")
+    parser.add_argument("--split", default="all", help=split_help)
+    return parser
+
+
 def _add_data(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="the data sources and their layouts")
-    inspect = actions.add_parser("inspect", help="print a JSON summary of a data set")
-    inspect.add_argument("source")
-    inspect.add_argument("--path", help="a directory in the source's layout")
-    inspect.add_argument("--split", default="all", help="split to read (all, train, valid; nih1000: train, valid)")
+    inspect = _add_source(actions.add_parser("inspect", help="print a JSON summary of a data set"),
+                          "split to read (all, train, valid; nih1000: train, valid)")
     inspect.add_argument("--num-examples", type=int, default=0, help="phantom: how many images to draw")
     inspect.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                          help="a bad file or row: stop with its name, or leave it out and count it")
-    show = actions.add_parser("show", help="write a contact sheet PNG (masks, landmarks, boxes, text)")
-    show.add_argument("source")
-    show.add_argument("--path", help="a directory in the source's layout")
-    show.add_argument("--split", default="all", help="split to read")
+    show = _add_source(actions.add_parser("show", help="write a contact sheet PNG (masks, landmarks, boxes, text)"))
     show.add_argument("--out", required=True, help="the PNG to write")
     show.add_argument("--num", type=int, default=8, help="how many examples")
     show.add_argument("--image-size", type=int, default=256, help="side the images are resized to")
-    rset = actions.add_parser("retrieval-set", help="write a category retrieval set in the CheXpert 8×200 format "
-                              "(candidates.csv, image_queries.csv, text_queries.csv)")
-    rset.add_argument("source")
-    rset.add_argument("--path", help="a directory in the source's layout")
-    rset.add_argument("--split", default="all", help="split to read")
+    rset = _add_source(actions.add_parser("retrieval-set", help="write a category retrieval set in the CheXpert "
+                                          "8×200 format (candidates.csv, image_queries.csv, text_queries.csv)"))
     rset.add_argument("--out", required=True, help="the directory to write")
     rset.add_argument("--queries", type=int, default=10, help="image queries per category")
     rset.add_argument("--candidates", type=int, default=200, help="candidates per category")

@@ -48,9 +48,10 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     random_state = jax.jit(method.init, out_shardings=parallel.replicated(mesh))(
         jax.random.key(config.seed + 1), _probe_batch(config))
     probe_data = {split: _labelled(config, config.probe[split]) for split in ("train", "eval")}
+    category_set = read_category_set(config.retrieval) if config.retrieval.candidates else None
     for prefix, s in (("", state), ("random_", random_state)):
-        if config.retrieval.candidates:
-            result.update({f"{prefix}{k}": v for k, v in category_retrieval(method, s, mesh).items()})
+        if category_set:
+            result.update({f"{prefix}{k}": v for k, v in category_retrieval(method, s, mesh, category_set).items()})
         result.update({f"{prefix}{k}": v for k, v in linear_probe(method, s, mesh, probe_data).items()})
         result.update({f"{prefix}{k}": v for k, v in fine_tune(method, s, probe_data).items()})
     return result
@@ -81,13 +82,8 @@ def retrieval(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     return result
 
 
-def category_retrieval(method, state, mesh) -> dict[str, float]:
-    """`i2i_/t2i_precision_at_{5,10,50,100}` on a CheXpert 8×200-format set (`retrieval.*`), beside chance.
-
-    Precision@k: the fraction of a query's k nearest candidates (cosine of the embeddings) in its category,
-    averaged over queries; k larger than the candidate set is left out.
-    """
-    spec = method.config.retrieval
+def read_category_set(spec) -> dict:
+    """The `retrieval.*` CSVs: `queries` by kind ('i2i': image files, 't2i': sentences) and `candidates`."""
     queries = {}
     if spec.image_queries:
         queries["i2i"] = retrieval_sets.read_queries(spec.image_queries, "Path", spec.root)
@@ -97,6 +93,16 @@ def category_retrieval(method, state, mesh) -> dict[str, float]:
         raise ConfigError("retrieval.candidates is set but neither retrieval.image_queries nor text_queries")
     candidates = retrieval_sets.read_candidates(
         spec.candidates, np.concatenate([categories for categories, _ in queries.values()]), spec.root)
+    return {"queries": queries, "candidates": candidates}
+
+
+def category_retrieval(method, state, mesh, category_set: dict) -> dict[str, float]:
+    """`i2i_/t2i_precision_at_{5,10,50,100}` on a CheXpert 8×200-format set (`read_category_set`), beside chance.
+
+    Precision@k: the fraction of a query's k nearest candidates (cosine of the embeddings) in its category,
+    averaged over queries; k larger than the candidate set is left out.
+    """
+    queries, candidates = category_set["queries"], category_set["candidates"]
     embed = functools.partial(_embed_files, method, state, mesh)
     candidate_emb = _normalize(embed(candidates["file"]))
     result = {"num_candidates": float(len(candidate_emb))}
@@ -113,8 +119,7 @@ def category_retrieval(method, state, mesh) -> dict[str, float]:
 
 def precision_at_k(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
     """Mean over queries (rows) of the relevant fraction among the k highest scores (ties broken by index)."""
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return float(np.mean(np.take_along_axis(relevant, top, axis=1)))
+    return float(np.mean(_top_k_relevance(scores, relevant, k)))
 
 
 def embed_texts(method, state, mesh, texts) -> np.ndarray:
@@ -134,8 +139,13 @@ def _embed_files(method, state, mesh, files) -> np.ndarray:
 
 def recall_at_k(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
     """Fraction of queries (rows) with a relevant candidate among their k highest scores (ties broken by index)."""
+    return float(np.mean(_top_k_relevance(scores, relevant, k).any(axis=1)))
+
+
+def _top_k_relevance(scores: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
+    """[Q, k]: whether each query's k highest-scoring candidates are relevant (ties broken by index)."""
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return float(np.mean(np.take_along_axis(relevant, top, axis=1).any(axis=1)))
+    return np.take_along_axis(relevant, top, axis=1)
 
 
 def chance_recall_at_k(relevant: np.ndarray, k: int) -> float:
