@@ -2,12 +2,13 @@
 
 from cxr_jax.evaluate import classifier as classifier_eval
 from cxr_jax.evaluate import convirt as convirt_eval
-from cxr_jax.train import classifier, convirt
+from cxr_jax.train import classifier, convirt, dgm
 
 # name -> class built from (config, mesh), with train_data(), init(rng, batch), train_step(state, batch).
 METHODS = {
     "classifier": classifier.Classifier,
     "convirt": convirt.ConVIRT,
+    "dgm": dgm.DGM,
 }
 
 # name -> evaluate(method, state, mesh, outdir) -> {metric name: number}, figures written to outdir.

@@ -6,6 +6,10 @@ nothing to checkpoint but the step. Each host builds only the rows of each globa
 hold, and per-example augmentation is seeded by `(seed, g)`, so the examples a run sees do not depend on the
 number of hosts or devices.
 
+With a `composition` (rows per stratum of each global batch, strata given by an integer `stratum` column),
+each stratum is such a stream of its own, its rows spread evenly over the batch: e.g. DGM's discriminator needs
+normals in every batch. Without one, the whole set is a single stratum and the formula above is unchanged.
+
 Examples hold either decoded `image`s or, for sets too large for memory (`data.*.stream`), their `file`s:
 then `FileImages` decodes each image inside tf.data with the same `read_gray` as in-memory loading.
 """
@@ -122,26 +126,36 @@ def _files(examples: dict, image_size: int | None, on_error: str) -> tuple[dict,
 
 def train_dataset(examples: dict[str, np.ndarray], *, preprocess: Preprocess, global_batch: int, seed: int,
                   start_step: int, rows: tuple[int, int], prefetch: int = 2, image_size: int | None = None,
-                  on_error: str = "raise") -> tuple[tf.data.Dataset, FileImages | None]:
+                  on_error: str = "raise", composition: tuple[int, ...] | None = None,
+                  ) -> tuple[tf.data.Dataset, FileImages | None]:
     """An endless dataset of this host's rows `[start, stop)` of each global batch from `start_step` on.
 
-    Also returns the `FileImages` reader when the examples are streamed (`file` instead of `image`).
+    `composition[s]` rows of each global batch come from the examples whose `stratum` column is s. Also returns the `FileImages` reader when the examples are streamed (`file` instead of `image`).
     """
     examples, reader = _files(examples, image_size, on_error)
-    num = len(next(iter(examples.values())))
-    if num == 0:
+    if len(next(iter(examples.values()))) == 0:
         raise ValueError("the training set is empty")
+    members, per_batch = _strata(examples, global_batch, composition)
+    examples = {k: v for k, v in examples.items() if k != "stratum"}
+    row_stratum, row_rank = _spread(per_batch)
     start, stop = rows
     local = stop - start
     tables = {k: tf.constant(v) for k, v in examples.items()}
+    members_flat = tf.constant(np.concatenate(members), tf.int64)
+    offsets = tf.constant(np.cumsum([0] + [len(m) for m in members[:-1]]), tf.int64)
+    sizes = tf.constant([len(m) for m in members], tf.int64)
+    per_batch_t, num_strata = tf.constant(per_batch, tf.int64), len(per_batch)
+    row_stratum, row_rank = tf.constant(row_stratum, tf.int64), tf.constant(row_rank, tf.int64)
 
     def element(k):
-        step, j = start_step + k // local, k % local
-        g = step * global_batch + start + j
-        epoch = g // num
-        index = tf.random.experimental.index_shuffle(g % num, tf.stack([seed, epoch]), num - 1)
-        example = {key: tf.gather(table, index) for key, table in tables.items()}
-        example["seed"] = tf.stack([tf.cast(seed, tf.int64), g])
+        step, row = start_step + k // local, start + k % local
+        s = row_stratum[row]
+        g_s = step * per_batch_t[s] + row_rank[row]  # Position in stratum s's own stream.
+        num = sizes[s]
+        key = tf.stack([tf.cast(seed, tf.int64), (g_s // num) * num_strata + s])
+        index = members_flat[offsets[s] + tf.random.experimental.index_shuffle(g_s % num, key, num - 1)]
+        example = {name: tf.gather(table, index) for name, table in tables.items()}
+        example["seed"] = tf.stack([tf.cast(seed, tf.int64), step * global_batch + row])
         return example
 
     ds = tf.data.Dataset.range(2**62).map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -151,13 +165,51 @@ def train_dataset(examples: dict[str, np.ndarray], *, preprocess: Preprocess, gl
     return ds.batch(local, drop_remainder=True).prefetch(prefetch), reader
 
 
+def _strata(examples: dict, global_batch: int, composition: tuple[int, ...] | None):
+    """The example indices of each stratum and its rows per batch (strata with no rows are dropped)."""
+    num = len(next(iter(examples.values())))
+    if composition is None:
+        return [np.arange(num)], [global_batch]
+    if sum(composition) != global_batch or min(composition) < 0:
+        raise ValueError(f"batch composition {tuple(composition)} must be non-negative and sum to the "
+                         f"global batch {global_batch}")
+    if "stratum" not in examples:
+        raise ValueError("a batch composition needs a `stratum` column in the examples")
+    stratum = examples["stratum"]
+    members, per_batch = [], []
+    for s, count in enumerate(composition):
+        if count:
+            index = np.flatnonzero(stratum == s)
+            if not len(index):
+                raise ValueError(f"batches take {count} rows of stratum {s}, but no example is in it")
+            members.append(index)
+            per_batch.append(count)
+    return members, per_batch
+
+
+def _spread(per_batch: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of a global batch: its stratum and its rank within that stratum's rows.
+
+    Rows are interleaved (row r goes to the stratum furthest behind its share r · count / total), so every
+    device's shard holds about the same mix.
+    """
+    total, taken = sum(per_batch), np.zeros(len(per_batch), np.int64)
+    stratum, rank = np.zeros(total, np.int64), np.zeros(total, np.int64)
+    for r in range(total):
+        s = int(np.argmax([(r + 1) * c / total - t for c, t in zip(per_batch, taken)]))
+        stratum[r], rank[r] = s, taken[s]
+        taken[s] += 1
+    return stratum, rank
+
+
 def train_iterator(examples: dict[str, np.ndarray], *, preprocess: Preprocess, global_batch: int, seed: int,
                    start_step: int, mesh: jax.sharding.Mesh, prefetch: int = 2, image_size: int | None = None,
-                   on_error: str = "raise") -> Iterator[dict]:
+                   on_error: str = "raise", composition: tuple[int, ...] | None = None) -> Iterator[dict]:
     """Global batches (jax.Arrays sharded over 'data') for steps `start_step, start_step + 1, …`."""
     ds, reader = train_dataset(examples, preprocess=preprocess, global_batch=global_batch, seed=seed,
                                start_step=start_step, rows=parallel.host_rows(global_batch, mesh),
-                               prefetch=prefetch, image_size=image_size, on_error=on_error)
+                               prefetch=prefetch, image_size=image_size, on_error=on_error,
+                               composition=composition)
     for batch in as_numpy(ds, reader):
         batch.pop("seed", None)
         yield parallel.to_global(batch, mesh)

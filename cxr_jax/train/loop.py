@@ -1,6 +1,7 @@
 """The one training loop every method runs on.
 
-A method object supplies `train_data()`, `init(rng, batch)` and `train_step(state, batch)`. The loop owns the
+A method object supplies `train_data()`, `init(rng, batch)` and `train_step(state, batch)` (and, optionally,
+`batch_composition`: rows per `stratum` of each batch, see `pipeline.train_dataset`). The loop owns the
 rest: mesh, sharded init, the compiled and donated step, the input position, checkpoints, metrics,
 non-finite checks and SIGTERM. Metrics stay on device between log points so dispatch runs ahead of compute.
 """
@@ -53,7 +54,8 @@ def setup(config: ml_collections.ConfigDict, start_step: int = 0, *, mesh: jax.s
     batches = pipeline.train_iterator(examples, preprocess=preprocess, global_batch=config.batch_size,
                                       seed=config.seed, start_step=start_step, mesh=mesh,
                                       prefetch=config.data.prefetch, image_size=config.image_size,
-                                      on_error=config.data.train.on_error)
+                                      on_error=config.data.train.on_error,
+                                      composition=getattr(method, "batch_composition", None))
     first = next(batches)
     replicated = parallel.replicated(mesh)
     rng = jax.random.key(config.seed)

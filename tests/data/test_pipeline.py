@@ -98,3 +98,41 @@ def test_streamed_eval_drops_bad_files_and_keeps_rows_aligned(tmp_path):
     np.testing.assert_array_equal(kept, [0, 2, 3, 4, 5])
     np.testing.assert_array_equal(labels, kept)
     np.testing.assert_array_equal(values, 15 * kept + 5)
+
+
+def _stratified(steps, *, rows=(0, 8), start_step=0, composition=(3, 5)):
+    examples = {**_examples(), "stratum": (np.arange(N) >= 2).astype(np.int32)}  # Stratum 0: indices 0 and 1.
+    ds, _ = pipeline.train_dataset(examples, preprocess=lambda e: e, global_batch=8, seed=3,
+                                   start_step=start_step, rows=rows, composition=composition)
+    return [b for _, b in zip(range(steps), ds.as_numpy_iterator())]
+
+
+def test_a_batch_composition_fixes_the_rows_of_each_stratum():
+    batches = _stratified(4)
+    assert all("stratum" not in b for b in batches)
+    for b in batches:
+        assert (b["index"] < 2).sum() == 3  # Exactly 3 of 8 rows from the 2-example stratum in every batch.
+        assert (b["index"] < 2)[:4].sum() in (1, 2)  # Interleaved: both halves (two devices) get some.
+    rare = np.concatenate([b["index"][b["index"] < 2] for b in batches])
+    assert sorted(rare[:2]) == [0, 1] and sorted(rare[2:4]) == [0, 1]  # Each stratum cycles through epochs.
+    common = np.concatenate([b["index"][b["index"] >= 2] for b in batches])
+    assert sorted(common[:8]) == list(range(2, N))
+    seeds = np.concatenate([b["seed"][:, 1] for b in batches])
+    np.testing.assert_array_equal(seeds, np.arange(32))  # Augmentation seeds stay the global position.
+
+
+def test_a_stratified_stream_resumes_and_splits_over_hosts_exactly():
+    full = _stratified(5)
+    resumed = _stratified(2, start_step=3)
+    host0, host1 = _stratified(5, rows=(0, 4)), _stratified(5, rows=(4, 8))
+    for a, b in zip(full[3:], resumed):
+        np.testing.assert_array_equal(a["index"], b["index"])
+    for w, a, b in zip(full, host0, host1):
+        np.testing.assert_array_equal(w["index"], np.concatenate([a["index"], b["index"]]))
+
+
+def test_a_bad_batch_composition_is_explained():
+    with pytest.raises(ValueError, match="sum to the global batch 8"):
+        _stratified(1, composition=(3, 4))
+    with pytest.raises(ValueError, match="no example is in it"):
+        _stratified(1, composition=(3, 4, 1))

@@ -1,0 +1,95 @@
+r"""DGM: disentangled generative model, normal-image synthesis and disease residue (Tang et al., MedIA 2021).
+
+Variants:
+  smoke:   seconds; a tiny generator and a 2-scale discriminator on 32 px phantom images (tests).
+  demo:    minutes on 2 CPU cores; a narrow MUNIT-shaped model on 64 px phantom images.
+  nih1000: the demo model on ../shared/data/nih1000 (normal vs abnormal, 64 px).
+  jsrt:    the demo model on ../shared/data/jsrt at 128 px (nodule vs normal; 62 images).
+  paper:   MUNIT's defaults (dim 64, 2 down-samplings, 4 residual blocks, MLP 256; discriminator 64→512,
+           3 scales) at 256 px, λ_A = λ_R = 10, λ_TV = 1, Adam 1e-4 (0.5, 0.999), L2 1e-4, the rate
+           halved every 100k steps. The paper does not state a batch size; 8 is this config's choice.
+
+Run:
+  cxr-jax train --config configs/dgm.py:demo --workdir workdirs/dgm
+  cxr-jax bench --config configs/dgm.py:paper --config.image_size=128
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    """Returns the DGM config for variant `arg` (smoke, demo, nih1000, jsrt, paper)."""
+    c = common.base("dgm")
+    c.batch_size = 8
+    c.model = ml_collections.ConfigDict()
+    c.model.generator = ml_collections.ConfigDict(dict(
+        dim=64,  # Channels after the first conv; doubled by each down-sampling.
+        n_down=2,  # conv4/stride-2 layers in each encoder (and ×2 up-samplings in each decoder).
+        n_res=4,  # Residual blocks in each encoder and decoder.
+        mlp_dim=256,  # Width of D_J's MLP from pooled c_s to the AdaIN parameters.
+        residue_res_norm="none",  # D_F's residual blocks: none (like E_F, keeps the residue's scale) | in.
+    ))
+    c.model.discriminator = ml_collections.ConfigDict(dict(dim=64, n_layers=4, num_scales=3))
+
+    c.loss = ml_collections.ConfigDict(dict(adversarial=10.0, reconstruction=10.0, tv=1.0))  # λ_A, λ_R, λ_TV.
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-4
+    c.optim.beta1 = 0.5
+    c.optim.beta2 = 0.999
+    c.optim.weight_decay = 1e-4  # PyTorch-style L2 (added to the gradient), as MUNIT.
+    c.optim.decay_every = 0  # Halve the rate every this many steps (MUNIT's step policy); 0: constant rate.
+    c.optim.decay_rate = 0.5
+    c.optim.ema_decay = 0.0  # Generator EMA kept in the state and used for inference; 0: none.
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.max_shift = 2  # Pixels of random translation (no flips: they move the heart).
+
+    c.data.normal_fraction = 0.5  # Normal images in every training batch (the discriminator's reals).
+    c.data.train.num_examples = 1024
+    c.data.eval.num_examples = 256
+
+    if arg == "smoke":
+        c.image_size = 32
+        c.model.generator.update(dim=4, n_res=1, mlp_dim=8)
+        c.model.discriminator.update(dim=8, n_layers=3, num_scales=2)
+        c.train.num_steps = 6
+        c.train.log_every = 2
+        c.train.checkpoint_every = 3
+        c.data.train.num_examples = 64
+        c.data.eval.num_examples = 32
+        c.bench.num_steps = 3
+    elif arg in ("demo", "nih1000", "jsrt"):
+        c.model.generator.update(dim=16, n_res=2, mlp_dim=64)
+        c.model.discriminator.update(dim=16)
+        c.optim.learning_rate = 2e-4
+        c.optim.ema_decay = 0.99
+        c.train.num_steps = 1000
+        c.train.log_every = 50
+        c.train.checkpoint_every = 250
+        if arg == "nih1000":
+            _use_shared(c, "nih1000", train_split="train", eval_split="valid")
+        elif arg == "jsrt":
+            c.image_size = 128
+            c.augment.max_shift = 4
+            _use_shared(c, "jsrt", train_split="train", eval_split="valid")
+    elif arg == "paper":
+        c.image_size = 256
+        c.optim.decay_every = 100_000
+        c.train.num_steps = 300_000
+        c.train.log_every = 100
+        c.train.checkpoint_every = 5000
+        _use_shared(c, "nih1000", train_split="train", eval_split="valid")
+    else:
+        raise ValueError(f"unknown dgm variant {arg!r}; expected smoke, demo, nih1000, jsrt or paper")
+    return c
+
+
+def _use_shared(c: ml_collections.ConfigDict, source: str, *, train_split: str, eval_split: str) -> None:
+    """Train and evaluate on a set of ../shared/data (paths relative to the project root)."""
+    c.data.train.source = c.data.eval.source = source
+    c.data.train.path = c.data.eval.path = f"../shared/data/{source}"
+    c.data.train.split, c.data.eval.split = train_split, eval_split
+    c.data.train.num_examples = c.data.eval.num_examples = 0

@@ -1,0 +1,270 @@
+"""DGM (Tang et al., Medical Image Analysis 2021): normal-image synthesis and disease residue, MUNIT-style.
+
+An input CXR z goes through two encoders: E_G (instance norm, which strips the per-image feature statistics
+that carry disease) gives the content code c_z, and E_F (no normalisation, so the residue keeps its intensity)
+gives c_s. Three decoders read them:
+
+  y′ = D_G(c_z)          the synthesised normal image
+  r  = D_F(c_s)          the residue (disease) map; z′ = y′ + r should give z back
+  z″ = D_J(c_z, c_s)     a joint reconstruction, its residual blocks modulated by AdaIN parameters that an
+                         MLP computes from the pooled c_s (MUNIT's style injection)
+
+`MultiScaleDiscriminator` is MUNIT's LSGAN patch discriminator at 3 scales. Layer sizes, padding and
+initialisation follow MUNIT (github.com/NVlabs/MUNIT, `networks.py`): reflect padding, Kaiming-normal
+generator weights, N(0, 0.02) discriminator weights, zero biases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+NORMS = ("in", "ln", "adain", "none")
+GEN_INIT = nn.initializers.kaiming_normal()
+DIS_INIT = nn.initializers.normal(0.02)
+
+
+def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Per-sample, per-channel normalisation over H, W (biased variance, no affine), computed in float32."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(axis=(1, 2), keepdims=True)
+    var = x32.var(axis=(1, 2), keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    """MUNIT's layer norm: per-sample mean and (unbiased) std over C, H, W, then per-channel γ, β.
+
+    Unlike `nn.LayerNorm` it divides by std + eps (not sqrt(var + eps)) and starts γ ~ U(0, 1), as MUNIT does.
+    """
+
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """NHWC in, NHWC out."""
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(axis=(1, 2, 3), keepdims=True)
+        count = x.shape[1] * x.shape[2] * x.shape[3]
+        std = jnp.sqrt(jnp.sum((x32 - mean) ** 2, axis=(1, 2, 3), keepdims=True) / max(count - 1, 1))
+        gamma = self.param("scale", nn.initializers.uniform(1.0), (x.shape[-1],))
+        beta = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+        return ((x32 - mean) / (std + self.eps) * gamma + beta).astype(x.dtype)
+
+
+class ConvBlock(nn.Module):
+    """Pad → conv → norm → activation (MUNIT's Conv2dBlock); padding (k − 1) // 2 keeps size / stride.
+
+    `norm='adain'` takes its per-sample (scale, bias), each [B, C], as the `adain` argument.
+    """
+
+    features: int
+    kernel: int
+    stride: int = 1
+    norm: str = "none"
+    activation: str = "relu"  # relu | lrelu (slope 0.2) | tanh | none
+    padding: str = "reflect"  # reflect | zero
+    kernel_init: Any = GEN_INIT
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, adain: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        """NHWC in, NHWC out."""
+        p = (self.kernel - 1) // 2
+        if p:
+            if self.padding == "reflect" and min(x.shape[1:3]) <= p:
+                raise ValueError(f"reflect padding {p} needs feature maps larger than {p}; got {x.shape[1:3]} "
+                                 "(image too small for this many down-sampling layers)")
+            mode = "reflect" if self.padding == "reflect" else "constant"
+            x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=mode)
+        x = nn.Conv(self.features, (self.kernel, self.kernel), self.stride, padding="VALID",
+                    kernel_init=self.kernel_init, dtype=self.dtype)(x)
+        x = self._norm(x, adain)
+        if self.activation == "relu":
+            return nn.relu(x)
+        if self.activation == "lrelu":
+            return nn.leaky_relu(x, 0.2)
+        if self.activation == "tanh":
+            return jnp.tanh(x)
+        return x
+
+    def _norm(self, x, adain):
+        if self.norm == "in":
+            return instance_norm(x)
+        if self.norm == "ln":
+            return LayerNorm()(x)
+        if self.norm == "adain":
+            scale, bias = adain
+            return instance_norm(x) * scale[:, None, None, :].astype(x.dtype) + bias[:, None, None, :].astype(x.dtype)
+        if self.norm != "none":
+            raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
+        return x
+
+
+class ResBlock(nn.Module):
+    """x + (conv3 → norm → ReLU → conv3 → norm)(x)."""
+
+    norm: str
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, adain: tuple | None = None) -> jax.Array:
+        """`adain`: ((scale1, bias1), (scale2, bias2)) for `norm='adain'`."""
+        first, second = adain if adain is not None else (None, None)
+        y = ConvBlock(x.shape[-1], 3, norm=self.norm, dtype=self.dtype)(x, first)
+        y = ConvBlock(x.shape[-1], 3, norm=self.norm, activation="none", dtype=self.dtype)(y, second)
+        return x + y
+
+
+class Encoder(nn.Module):
+    """conv7 → n_down × conv4/stride 2 (channels doubling) → n_res residual blocks, every conv normed by `norm`.
+
+    Output: [B, H / 2^n_down, W / 2^n_down, dim · 2^n_down].
+    """
+
+    dim: int = 64
+    n_down: int = 2
+    n_res: int = 4
+    norm: str = "in"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """NHWC image in [-1, 1] → content code."""
+        x = ConvBlock(self.dim, 7, norm=self.norm, dtype=self.dtype)(x)
+        for i in range(self.n_down):
+            x = ConvBlock(self.dim * 2 ** (i + 1), 4, 2, norm=self.norm, dtype=self.dtype)(x)
+        for _ in range(self.n_res):
+            x = ResBlock(self.norm, dtype=self.dtype)(x)
+        return x
+
+
+class Decoder(nn.Module):
+    """n_res residual blocks → n_up × [nearest ×2, conv5, layer norm] (channels halving) → conv7 → tanh."""
+
+    n_up: int = 2
+    n_res: int = 4
+    res_norm: str = "in"  # 'adain' takes per-block parameters at call time.
+    out_channels: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, adain: list | None = None) -> jax.Array:
+        """Code [B, h, w, C] → image [B, h·2^n_up, w·2^n_up, out_channels] in (-1, 1), float32."""
+        for i in range(self.n_res):
+            x = ResBlock(self.res_norm, dtype=self.dtype)(x, adain[i] if adain is not None else None)
+        for _ in range(self.n_up):
+            b, h, w, c = x.shape
+            x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
+            x = ConvBlock(c // 2, 5, norm="ln", dtype=self.dtype)(x)
+        x = ConvBlock(self.out_channels, 7, activation="tanh", dtype=self.dtype)(x)
+        return x.astype(jnp.float32)
+
+
+class MLP(nn.Module):
+    """MUNIT's MLP: Linear–ReLU blocks of width `dim`, a last linear layer to `out`."""
+
+    dim: int
+    out: int
+    n_blocks: int = 3
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, D] → [B, out] in float32."""
+        for _ in range(self.n_blocks - 1):
+            x = nn.relu(nn.Dense(self.dim, kernel_init=GEN_INIT, dtype=self.dtype)(x))
+        return nn.Dense(self.out, kernel_init=GEN_INIT, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class JointDecoder(nn.Module):
+    """D_J: decodes concat(c_z, c_s) through AdaIN residual blocks whose parameters an MLP reads off pooled c_s."""
+
+    n_up: int = 2
+    n_res: int = 4
+    mlp_dim: int = 256
+    mlp_blocks: int = 3
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, c_z: jax.Array, c_s: jax.Array) -> jax.Array:
+        """Two codes [B, h, w, C] → reconstruction [B, h·2^n_up, w·2^n_up, 1]."""
+        x = jnp.concatenate([c_z, c_s], axis=-1)
+        channels = x.shape[-1]
+        params = MLP(self.mlp_dim, self.n_res * 4 * channels, self.mlp_blocks, self.dtype)(c_s.mean(axis=(1, 2)))
+        # MUNIT's order per AdaIN layer: the bias ("mean") then the scale ("std"); two layers per block.
+        chunks = jnp.split(params, self.n_res * 4, axis=-1)
+        adain = [((chunks[4 * i + 1], chunks[4 * i]), (chunks[4 * i + 3], chunks[4 * i + 2]))
+                 for i in range(self.n_res)]
+        return Decoder(self.n_up, self.n_res, "adain", dtype=self.dtype)(x, adain)
+
+
+class Generator(nn.Module):
+    """E_G, E_F, D_G, D_F and D_J; `__call__` returns all three outputs, the methods return parts of them."""
+
+    dim: int = 64
+    n_down: int = 2
+    n_res: int = 4
+    mlp_dim: int = 256
+    residue_res_norm: str = "none"  # D_F's residual blocks: none (as E_F) or in.
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.e_g = Encoder(self.dim, self.n_down, self.n_res, "in", self.dtype)
+        self.e_f = Encoder(self.dim, self.n_down, self.n_res, "none", self.dtype)
+        self.d_g = Decoder(self.n_down, self.n_res, "in", dtype=self.dtype)
+        self.d_f = Decoder(self.n_down, self.n_res, self.residue_res_norm, dtype=self.dtype)
+        self.d_j = JointDecoder(self.n_down, self.n_res, self.mlp_dim, dtype=self.dtype)
+
+    def __call__(self, z: jax.Array) -> dict[str, jax.Array]:
+        """z [B, H, W, 1] in [-1, 1] → {'normal': y′, 'residue': r, 'recon': z″}, each [B, H, W, 1] float32."""
+        c_z, c_s = self.e_g(z.astype(self.dtype)), self.e_f(z.astype(self.dtype))
+        return {"normal": self.d_g(c_z), "residue": self.d_f(c_s), "recon": self.d_j(c_z, c_s)}
+
+    def decompose(self, z: jax.Array) -> dict[str, jax.Array]:
+        """Inference: the synthesised normal y′ and the residue r only (D_J is not run)."""
+        return {"normal": self.d_g(self.e_g(z.astype(self.dtype))),
+                "residue": self.d_f(self.e_f(z.astype(self.dtype)))}
+
+
+class PatchDiscriminator(nn.Module):
+    """conv4/stride 2 from `dim` channels doubling over `n_layers` layers, leaky ReLU 0.2, then a 1×1 conv."""
+
+    dim: int = 64
+    n_layers: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, H, W, 1] → patch scores [B, H / 2^n_layers, W / 2^n_layers, 1] in float32."""
+        for i in range(self.n_layers):
+            x = ConvBlock(self.dim * 2**i, 4, 2, activation="lrelu", kernel_init=DIS_INIT, dtype=self.dtype)(x)
+        return nn.Conv(1, (1, 1), kernel_init=DIS_INIT, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class MultiScaleDiscriminator(nn.Module):
+    """The patch discriminator at `num_scales` scales, each half the last (3×3 average pool, stride 2)."""
+
+    dim: int = 64
+    n_layers: int = 4
+    num_scales: int = 3
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> list[jax.Array]:
+        """Images [B, H, W, 1] → one score map per scale, finest first."""
+        outputs = []
+        x = x.astype(self.dtype)
+        for _ in range(self.num_scales):
+            outputs.append(PatchDiscriminator(self.dim, self.n_layers, self.dtype)(x))
+            x = nn.avg_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)), count_include_pad=False)
+        return outputs
+
+
+def min_image_size(*, n_layers: int, num_scales: int) -> int:
+    """The smallest input for which the coarsest discriminator scale still has reflect-paddable maps."""
+    return 2 ** (n_layers + num_scales - 1)
