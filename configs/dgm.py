@@ -47,6 +47,12 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict()
     c.augment.max_shift = 2  # Pixels of random translation (no flips: they move the heart).
 
+    c.saliency = ml_collections.ConfigDict()  # Residue → salient regions (cxr_jax/saliency.py).
+    c.saliency.threshold = "otsu"  # otsu | percentile, computed over the pixels inside the lung boxes.
+    c.saliency.percentile = 95.0  # For threshold=percentile.
+    c.saliency.polarity = "abs"  # abs | positive (added intensity, e.g. opacities) | negative.
+    c.saliency.min_area = 4  # Components with fewer pixels are dropped.
+
     c.data.normal_fraction = 0.5  # Normal images in every training batch (the discriminator's reals).
     c.data.train.num_examples = 1024
     c.data.eval.num_examples = 256

@@ -89,6 +89,29 @@ def _retrieve(args, config) -> int:
     return 0
 
 
+def _add_decompose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="a trained DGM run")
+    parser.add_argument("--config", help="config file and variant (default: the run's WORKDIR/config.json)")
+    parser.add_argument("images", nargs="+", help="image files or directories (searched recursively)")
+    parser.add_argument("--out", required=True, help="directory for the PNGs and JSONs")
+    parser.add_argument("--lung-masks", help="lung masks: DIR/NAME.png or DIR/{left,right}_lung/NAME.png "
+                        "(default: the whole image counts as lung)")
+
+
+def _decompose(args, config) -> int:
+    from cxr_jax import config as config_lib
+    from cxr_jax import decompose
+
+    if config is None:
+        config = config_lib.load_run(args.workdir, args.overrides)
+    records = decompose.run(config, args.workdir, images=args.images, out=args.out, lung_masks=args.lung_masks)
+    for record in records:
+        best = max((c["score"] for c in record["components"]), default=0.0)
+        print(f"{len(record['components']):3d} regions  max score {best:.3f}  {record['image']}")
+    print(f"wrote {args.out}: normal, residue, heat-map and saliency PNGs and a JSON per image")
+    return 0
+
+
 def _add_source(parser: argparse.ArgumentParser, split_help: str = "split to read") -> argparse.ArgumentParser:
     """The arguments every `data` action shares: SOURCE, --path and --split (read by `_data_spec`)."""
     parser.add_argument("source")
@@ -168,6 +191,7 @@ COMMANDS = {
     "bench": ("time a method's compiled train step", _add_bench, _bench),
     "data": ("list data sources; inspect a data set", _add_data, _data),
     "retrieve": ("rank images against a text query with a trained ConVIRT run", _add_retrieve, _retrieve),
+    "decompose": ("a DGM run's synthesised normal, residue and saliency for images", _add_decompose, _decompose),
 }
 
 
@@ -194,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = config_lib.load(args.config, overrides)
         except config_lib.ConfigError as e:
             parser.exit(2, f"cxr-jax {args.command}: config error: {e}\n")
-    elif overrides and args.command != "retrieve":  # retrieve applies them to the run's own config.
+    elif overrides and args.command not in ("retrieve", "decompose"):  # These apply them to the run's config.
         parser.error(f"cxr-jax {args.command} takes no --config overrides")
     args.overrides = overrides
     from cxr_jax.data.sources import DataError

@@ -22,23 +22,6 @@ from cxr_jax.config import ConfigError  # noqa: E402
 from cxr_jax.data.sources import io  # noqa: E402
 from cxr_jax.evaluate import common, convirt  # noqa: E402
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
-
-
-def image_files(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
-    """The image files among `paths`, directories searched recursively, in sorted order."""
-    files = []
-    for path in map(pathlib.Path, paths):
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise io.DataError(f"{path}: no such file or directory")
-    if not files:
-        raise io.DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {[str(p) for p in paths]}")
-    return files
-
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, query: str,
         images: Sequence[str | pathlib.Path], top_k: int, out: str | pathlib.Path) -> dict:
@@ -47,7 +30,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, query
         raise ConfigError(f"retrieve needs a ConVIRT run; {workdir} was trained with method {config.method!r}")
     mesh = parallel.make_mesh()
     method, state, step = common.restore_method(config, workdir, mesh)
-    files = image_files(images)
+    files = io.image_files(images)
     size = config.image_size
     pixels = np.stack([io.read_gray(f, size)[0][..., None] for f in files])
     image_emb, _ = common.predict(method.embed_images, state, {"image": pixels}, preprocess=method.preprocess_eval,

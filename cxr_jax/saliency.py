@@ -37,6 +37,7 @@ class Component:
         return x0 <= x <= x1 and y0 <= y <= y1
 
     def to_json(self) -> dict:
+        """The fields as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
 

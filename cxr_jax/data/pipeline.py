@@ -130,7 +130,8 @@ def train_dataset(examples: dict[str, np.ndarray], *, preprocess: Preprocess, gl
                   ) -> tuple[tf.data.Dataset, FileImages | None]:
     """An endless dataset of this host's rows `[start, stop)` of each global batch from `start_step` on.
 
-    `composition[s]` rows of each global batch come from the examples whose `stratum` column is s. Also returns the `FileImages` reader when the examples are streamed (`file` instead of `image`).
+    `composition[s]` rows of each global batch come from the examples whose `stratum` column is s. Also
+    returns the `FileImages` reader when the examples are streamed (`file` instead of `image`).
     """
     examples, reader = _files(examples, image_size, on_error)
     if len(next(iter(examples.values()))) == 0:

@@ -1,4 +1,6 @@
-"""DGM's losses (Tang et al. 2021), with z an input CXR, y′ = D_G(E_G(z)), r = D_F(E_F(z)), z″ = D_J(·, ·):
+"""DGM's losses (Tang et al. 2021).
+
+With z an input CXR, y′ = D_G(E_G(z)), r = D_F(E_F(z)) and z″ = D_J(E_G(z), E_F(z)):
 
   ℓ_A    = Σ_scales ½ E[(D(y′) − 1)²]                        the generator's LSGAN term
   ℓ_R¹   = ‖y′ + r − z‖₁,   ℓ_R² = ‖z″ − z‖₁                   reconstruction

@@ -214,6 +214,7 @@ class Generator(nn.Module):
     dtype: Dtype = jnp.float32
 
     def setup(self):
+        """The five sub-networks, named as in the paper."""
         self.e_g = Encoder(self.dim, self.n_down, self.n_res, "in", self.dtype)
         self.e_f = Encoder(self.dim, self.n_down, self.n_res, "none", self.dtype)
         self.d_g = Decoder(self.n_down, self.n_res, "in", dtype=self.dtype)
@@ -221,7 +222,7 @@ class Generator(nn.Module):
         self.d_j = JointDecoder(self.n_down, self.n_res, self.mlp_dim, dtype=self.dtype)
 
     def __call__(self, z: jax.Array) -> dict[str, jax.Array]:
-        """z [B, H, W, 1] in [-1, 1] → {'normal': y′, 'residue': r, 'recon': z″}, each [B, H, W, 1] float32."""
+        """Z [B, H, W, 1] in [-1, 1] → {'normal': y′, 'residue': r, 'recon': z″}, each [B, H, W, 1] float32."""
         c_z, c_s = self.e_g(z.astype(self.dtype)), self.e_f(z.astype(self.dtype))
         return {"normal": self.d_g(c_z), "residue": self.d_f(c_s), "recon": self.d_j(c_z, c_s)}
 

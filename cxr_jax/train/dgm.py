@@ -120,9 +120,9 @@ class DGM:
         """The parameters inference uses: the EMA when it is kept, else the trained ones."""
         return state.model_state.get("ema", state.params["g"])
 
-    def decompose(self, state: state_lib.TrainState, images: jax.Array) -> dict[str, jax.Array]:
-        """{'normal': y′, 'residue': r} for images [B, H, W, 1] in [-1, 1]."""
-        return self.generator.apply({"params": self.generator_params(state)}, images,
+    def decompose(self, state: state_lib.TrainState, batch) -> dict[str, jax.Array]:
+        """{'normal': y′, 'residue': r} of `batch['image']` [B, H, W, 1] in [-1, 1]."""
+        return self.generator.apply({"params": self.generator_params(state)}, batch["image"],
                                     method=models.Generator.decompose)
 
 

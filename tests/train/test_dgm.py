@@ -6,9 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from cxr_jax import checkpoint
+from cxr_jax import checkpoint, parallel
 from cxr_jax import config as config_lib
-from cxr_jax import parallel
 from cxr_jax.config import ConfigError
 from cxr_jax.train import dgm, loop
 from tests.conftest import ROOT, assert_trees_equal
@@ -47,7 +46,8 @@ def _reference_grads(method, state, batch, lr):
         out = method.generator.apply({"params": g_params}, z)
         return method.generator_loss(out, d_params=d_params, image=z, is_normal=is_normal)[0]
 
-    return d_grads, jax.grad(g_objective)(state.params["g"], d_new), jax.grad(g_objective)(state.params["g"], state.params["d"])
+    g_grad = jax.grad(g_objective)
+    return d_grads, g_grad(state.params["g"], d_new), g_grad(state.params["g"], state.params["d"])
 
 
 def _flat(tree):

@@ -122,6 +122,32 @@ def square_coords(xy: np.ndarray, orig_size: tuple[int, int], image_size: int, *
     return ((np.asarray(xy, np.float32) + offset) * image_size / side - (0.0 if edges else 0.5)).astype(np.float32)
 
 
+def original_coords(xy: np.ndarray, orig_size: tuple[int, int], image_size: int, *, edges: bool = False) -> np.ndarray:
+    """The inverse of `square_coords`: (x, y) in a `read_gray` output back in the original image's pixels."""
+    h, w = orig_size
+    side = max(h, w)
+    offset = np.array([(side - w) // 2, (side - h) // 2], np.float32) + (0.0 if edges else 0.5)
+    return ((np.asarray(xy, np.float32) + (0.0 if edges else 0.5)) * side / image_size - offset).astype(np.float32)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+
+
+def image_files(paths) -> list[pathlib.Path]:
+    """The image files among `paths` (files or directories, searched recursively), directories sorted."""
+    files = []
+    for path in map(pathlib.Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or directory")
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {[str(p) for p in paths]}")
+    return files
+
+
 def read_csv(path: pathlib.Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     """Rows of a CSV file (or `.csv.gz`) that must have the `required` columns."""
     if not path.is_file():
