@@ -2,6 +2,7 @@
 
 from cxr_jax.evaluate import classifier as classifier_eval
 from cxr_jax.evaluate import convirt as convirt_eval
+from cxr_jax.evaluate import dgm as dgm_eval
 from cxr_jax.train import classifier, convirt, dgm
 
 # name -> class built from (config, mesh), with train_data(), init(rng, batch), train_step(state, batch).
@@ -15,4 +16,5 @@ METHODS = {
 EVALUATORS = {
     "classifier": classifier_eval.evaluate,
     "convirt": convirt_eval.evaluate,
+    "dgm": dgm_eval.evaluate,
 }

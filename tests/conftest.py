@@ -101,3 +101,15 @@ def image_folder(root, num: int = 6, bad=()) -> None:
             Image.fromarray(np.full((10, 8), 15 * i + 5, np.uint8)).save(path)
         lines.append(f"images/{i}.png,train,{i % 2}")
     (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="session")
+def dgm_run(tmp_path_factory):
+    """A 2-step smoke DGM run (trained in-process), shared by the tests of decompose and evaluate."""
+    from cxr_jax import config as config_lib
+    from cxr_jax.train import loop
+
+    workdir = tmp_path_factory.mktemp("dgm_run")
+    config = config_lib.load(f"{ROOT / 'configs' / 'dgm.py'}:smoke", ["train.num_steps=2", "train.checkpoint_every=2"])
+    loop.train(config, workdir)
+    return workdir

@@ -6,20 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_jax import config as config_lib
 from cxr_jax import main
 from cxr_jax.data.sources import io
-from cxr_jax.train import loop
-from tests.conftest import ROOT
-
-SMOKE = f"{ROOT / 'configs' / 'dgm.py'}:smoke"
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("dgm")
-    loop.train(config_lib.load(SMOKE, ["train.num_steps=2", "train.checkpoint_every=2"]), workdir)
-    return workdir
 
 
 def _folder(root):
@@ -35,10 +23,10 @@ def _folder(root):
         Image.fromarray(right).save(root / "masks/right_lung" / f"{name}.png")
 
 
-def test_decompose_writes_images_and_boxes_in_both_coordinate_systems(run, tmp_path, capsys):
+def test_decompose_writes_images_and_boxes_in_both_coordinate_systems(dgm_run, tmp_path, capsys):
     _folder(tmp_path)
     out = tmp_path / "out"
-    assert main.main(["decompose", "--workdir", str(run), str(tmp_path / "images"), "--out", str(out),
+    assert main.main(["decompose", "--workdir", str(dgm_run), str(tmp_path / "images"), "--out", str(out),
                       "--lung-masks", str(tmp_path / "masks"), "--config.saliency.min_area=1"]) == 0
     assert "wrote" in capsys.readouterr().out
     for name in ("a", "b"):
@@ -57,11 +45,11 @@ def test_decompose_writes_images_and_boxes_in_both_coordinate_systems(run, tmp_p
             np.testing.assert_allclose(c["box_original"], np.array(c["box"]) * 2 - [0, 8, 0, 8], atol=1e-4)
 
 
-def test_decompose_names_a_missing_mask(run, tmp_path, capsys):
+def test_decompose_names_a_missing_mask(dgm_run, tmp_path, capsys):
     _folder(tmp_path)
     (tmp_path / "masks/right_lung/b.png").unlink()
     with pytest.raises(SystemExit, match="2"):
-        main.main(["decompose", "--workdir", str(run), str(tmp_path / "images"), "--out", str(tmp_path / "o"),
+        main.main(["decompose", "--workdir", str(dgm_run), str(tmp_path / "images"), "--out", str(tmp_path / "o"),
                    "--lung-masks", str(tmp_path / "masks")])
     err = capsys.readouterr().err
     assert "no lung mask for" in err and "right_lung/b.png" in err
