@@ -5,7 +5,7 @@ image to get the input back, so its magnitude marks disease. The pipeline, on ho
   1. a score map from r (`polarity`: |r|, or only added or removed intensity);
   2. an adaptive threshold on the scores inside the lung boxes: Otsu's (maximum between-class variance) or a
      percentile, so each image gets its own cut-off;
-  3. connected components (8-connected) of the pixels above it that overlap a lung box, smaller ones than
+  3. connected components (8-connected) of the pixels above it inside the lung boxes, smaller ones than
      `min_area` dropped; each has a box (x0, y0, x1, y1 in pixel-edge coordinates, like the data's boxes), its
      area, and its score (the maximum, and the mean, of the score map inside it).
 """
@@ -140,5 +140,5 @@ def saliency(residue: np.ndarray, boxes, *, method: str = "otsu", percentile: fl
     scores = score_map(residue, polarity)
     region = box_mask(boxes, scores.shape) if len(boxes) else np.ones(scores.shape, bool)
     cut = threshold(scores, region, method=method, percentile=percentile)
-    binary, found = components(scores > cut, scores, region=region, min_area=min_area)
+    binary, found = components((scores > cut) & region, scores, region=region, min_area=min_area)
     return {"scores": scores, "threshold": cut, "binary": binary, "components": found}

@@ -6,7 +6,8 @@ From the eval split's residue maps r (scores |r| by default, `saliency.polarity`
   pixel_auroc, pixel_ap   every pixel of the images with lesion masks (normal images: all negative)
   best_dice    the best Dice over one global threshold of the pixel scores (= the best F1 of the pixels)
   hit_rate     fraction of lesions (box centres: `nodule_x`/`nodule_y` for jsrt) inside the box of a
-               component of the saliency pipeline (`cxr_jax.saliency`), over the images that have one
+               component of the saliency pipeline (`cxr_jax.saliency`), over the images that have one;
+               `hit_rate_chance` is the fraction of lung pixels those boxes cover (a random guess's hit rate)
 and `eval/cases.png`: input | synthesised normal | residue | saliency for the best and worst abnormal cases.
 `anomaly_metrics` takes any anomaly maps, so a baseline's reconstruction error is scored the same way.
 """
@@ -53,7 +54,8 @@ def anomaly_metrics(maps: np.ndarray, data: dict[str, np.ndarray], cfg) -> tuple
     scores = np.stack([saliency.score_map(m, cfg.polarity) for m in maps])
     lungs = data.get("mask_lungs")
     regions = lungs > 0 if lungs is not None else np.ones(scores.shape, bool)
-    image_scores = np.array([_top_mean(s[r] if r.any() else s.ravel(), cfg.image_top_fraction)
+    regions = np.where(regions.any(axis=(1, 2), keepdims=True), regions, True)  # An empty mask: the whole image.
+    image_scores = np.array([_top_mean(s[r], cfg.image_top_fraction)
                              for s, r in zip(scores, regions)])
     labels = data["label"]
     result = {"image_auc": _auc(labels, image_scores), "num_images": float(len(labels)),
@@ -73,6 +75,10 @@ def anomaly_metrics(maps: np.ndarray, data: dict[str, np.ndarray], cfg) -> tuple
         if hits:
             result["hit_rate"] = float(np.mean(hits))
             result["num_lesions"] = float(len(hits))
+            # A random point in the lungs lands in a component box this often: the hit rate of guessing.
+            covered = [saliency.box_mask([c.box for c in f["components"]], r.shape)[r].mean()
+                       for b, f, r in zip(data["box"], found, regions) if np.isfinite(b).all()]
+            result["hit_rate_chance"] = float(np.mean(covered))
     result["components_per_image"] = float(np.mean([len(f["components"]) for f in found]))
     return result, {"image_scores": image_scores, "saliency": found}
 

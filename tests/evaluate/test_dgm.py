@@ -37,6 +37,7 @@ def test_perfect_maps_score_one_everywhere():
     for key in ("image_auc", "pixel_auroc", "pixel_ap", "best_dice", "hit_rate"):
         assert result[key] == pytest.approx(1.0), key
     assert result["num_lesions"] == 3
+    assert result["hit_rate_chance"] == pytest.approx(9 / 144)  # Each 3×3 lesion box in 144 lung pixels.
 
 
 def test_noisy_maps_match_brute_force_numpy():
