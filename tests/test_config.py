@@ -6,7 +6,8 @@ from cxr_jax import config as config_lib
 from tests.conftest import ROOT
 
 VARIANTS = {"classifier": ["smoke", "demo", "nih1000", "paper"],
-            "convirt": ["smoke", "demo", "covid", "paper", "large"]}
+            "convirt": ["smoke", "demo", "covid", "paper", "large"],
+            "dgm": ["smoke", "demo", "nih1000", "jsrt", "paper"]}
 
 
 @pytest.mark.parametrize("method,variant", [(m, v) for m, vs in VARIANTS.items() for v in vs])

@@ -6,6 +6,7 @@ import types
 
 import numpy as np
 
+from cxr_jax import main
 from cxr_jax.evaluate import convirt
 from tests.conftest import ROOT, run_cli
 
@@ -50,15 +51,17 @@ def test_labelled_subset_is_seeded_stratified_and_nonempty_per_class():
     assert len(convirt.labelled_subset(labels, 1.0, seed=0)) == 100
 
 
-def test_train_and_evaluate_from_the_cli(tmp_path):
-    run_cli("train", "--config", SMOKE, "--workdir", str(tmp_path), "--config.train.grad_cache_chunks=2")
+def test_train_and_evaluate_from_the_cli(tmp_path, capsys):
+    # In-process CLI calls (the subprocess tests elsewhere cover the entry point itself).
+    assert main.main(["train", "--config", SMOKE, "--workdir", str(tmp_path),
+                      "--config.train.grad_cache_chunks=2"]) == 0
     sets = tmp_path / "8x200"
-    run_cli("data", "retrieval-set", "phantom", "--split", "test", "--num-examples", "200", "--image-size", "32",
-            "--queries", "2", "--candidates", "6", "--out", str(sets))
-    run_cli("evaluate", "--config", SMOKE, "--workdir", str(tmp_path), *(
+    assert main.main(["data", "retrieval-set", "phantom", "--split", "test", "--num-examples", "200", "--image-size",
+                      "32", "--queries", "2", "--candidates", "6", "--out", str(sets)]) == 0
+    assert main.main(["evaluate", "--config", SMOKE, "--workdir", str(tmp_path), *(
         f"--config.retrieval.{key}={sets / name}.csv"
         for key, name in (("candidates", "candidates"), ("image_queries", "image_queries"),
-                          ("text_queries", "text_queries"))))
+                          ("text_queries", "text_queries")))]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     categories = len(np.unique(np.loadtxt(sets / "image_queries.csv", str, delimiter=",", skiprows=1)[:, 0]))
     assert metrics["num_candidates"] == 6 * categories
@@ -74,10 +77,11 @@ def test_train_and_evaluate_from_the_cli(tmp_path):
             assert 0 <= metrics[f"{prefix}linear_auc_{pct}pct"] <= 1
     assert metrics["num_pairs"] == 32 and metrics["step"] == 6
     assert (tmp_path / "eval" / "embeddings.png").stat().st_size > 1000
-    _check_retrieve(tmp_path)
+    capsys.readouterr()
+    _check_retrieve(tmp_path, capsys)
 
 
-def _check_retrieve(workdir):
+def _check_retrieve(workdir, capsys):
     """`cxr-jax retrieve` ranks by the cosine of the run's own embeddings, recomputed here in NumPy."""
     from PIL import Image
 
@@ -93,11 +97,11 @@ def _check_retrieve(workdir):
         Image.fromarray(p).save(images / ("sub" if i % 2 else ".") / f"{i}.png")
     query = "The cardiac silhouette is enlarged."
     out = workdir / "retrieved"
-    proc = run_cli("retrieve", "--workdir", str(workdir), "--query", query, "--images", str(images), "--top-k", "3",
-                   "--out", str(out))
+    assert main.main(["retrieve", "--workdir", str(workdir), "--query", query, "--images", str(images), "--top-k",
+                      "3", "--out", str(out)]) == 0
     result = json.loads((out / "matches.json").read_text())
     assert [m["rank"] for m in result["matches"]] == [1, 2, 3] and result["num_images"] == 6
-    assert result["matches"][0]["file"] in proc.stdout and (out / "matches.png").stat().st_size > 1000
+    assert result["matches"][0]["file"] in capsys.readouterr().out and (out / "matches.png").stat().st_size > 1000
 
     config = config_lib.load_run(workdir)
     mesh = parallel.make_mesh()
