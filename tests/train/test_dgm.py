@@ -21,7 +21,8 @@ def smoke():
     mesh = parallel.make_mesh(jax.devices()[:1])
     method = dgm.DGM(config, mesh)
     s = loop.setup(config, mesh=mesh, method=method)
-    return config, method, s
+    yield config, method, s
+    s.batches.close()  # Stop the endless tf.data pipeline now, not whenever it is collected.
 
 
 def test_batches_hold_the_configured_normals(smoke):
