@@ -38,16 +38,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.data.eval.num_examples = 256
 
     if arg == "smoke":
-        c.batch_size = 8
-        c.image_size = 32
+        common.smoke(c)
         c.model.width = 8
-        c.train.num_steps = 6
-        c.train.log_every = 2
-        c.train.checkpoint_every = 3
         c.optim.warmup_steps = 2
-        c.data.train.num_examples = 64
-        c.data.eval.num_examples = 32
-        c.bench.num_steps = 3
     elif arg == "demo":
         c.train.num_steps = 300
         c.train.log_every = 20

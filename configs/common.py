@@ -42,3 +42,12 @@ def data_spec(source: str, split: str) -> ml_collections.ConfigDict:
     spec.on_error = "raise"  # A bad file or row: raise | skip (leave the example out, count, log).
     spec.stream = False  # Decode images in tf.data from their files instead of holding them.
     return spec
+
+
+def smoke(c: ml_collections.ConfigDict) -> None:
+    """The run shape every `smoke` variant shares: a few seconds on CPU, checkpoints and logs inside it."""
+    c.batch_size = 8
+    c.image_size = 32
+    c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 6, 2, 3
+    c.data.train.num_examples, c.data.eval.num_examples = 64, 32
+    c.bench.num_steps = 3

@@ -76,20 +76,16 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.retrieval = ml_collections.ConfigDict(dict(candidates=None, image_queries=None, text_queries=None, root=None))
 
     if arg == "smoke":
-        c.batch_size = 8
-        c.image_size = 32
+        common.smoke(c)
         c.model.image.width = 8
         c.model.text = ml_collections.ConfigDict(dict(
             hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=32, dropout=0.1,
             freeze_embeddings=True, frozen_layers=1))
         c.model.embed_dim, c.model.image_hidden_dim, c.model.text_hidden_dim = 16, 32, 16
         c.text.vocab_size, c.text.corpus.num_examples, c.text.max_length = 200, 64, 24
-        c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 6, 2, 3
         c.optim.warmup_steps = 2
-        c.data.train.num_examples, c.data.eval.num_examples = 64, 32
         c.probe.train.num_examples, c.probe.eval.num_examples = 64, 32
         c.probe.finetune_steps = 3
-        c.bench.num_steps = 3
     elif arg == "demo":
         c.text.unit = "report"  # A phantom sentence is mostly boilerplate ("Heart size is normal.").
         # From random towers this small run otherwise collapses to one text embedding (loss stuck at ln 32):

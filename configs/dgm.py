@@ -59,15 +59,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.data.eval.num_examples = 256
 
     if arg == "smoke":
-        c.image_size = 32
+        common.smoke(c)
         c.model.generator.update(dim=4, n_res=1, mlp_dim=8)
         c.model.discriminator.update(dim=8, n_layers=3, num_scales=2)
-        c.train.num_steps = 6
-        c.train.log_every = 2
-        c.train.checkpoint_every = 3
-        c.data.train.num_examples = 64
-        c.data.eval.num_examples = 32
-        c.bench.num_steps = 3
     elif arg in ("demo", "nih1000", "jsrt"):
         c.model.generator.update(dim=16, n_res=2, mlp_dim=64)
         c.model.discriminator.update(dim=16)

@@ -67,9 +67,15 @@ def _bench(args, config) -> int:
     return 0
 
 
-def _add_retrieve(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", required=True, help="a trained ConVIRT run")
+def _add_run(parser: argparse.ArgumentParser, what: str) -> None:
+    """--workdir of a trained run and an optional --config; without it `main` loads the run's own config."""
+    parser.add_argument("--workdir", required=True, help=f"a trained {what} run")
     parser.add_argument("--config", help="config file and variant (default: the run's WORKDIR/config.json)")
+    parser.set_defaults(config_from_run=True)
+
+
+def _add_retrieve(parser: argparse.ArgumentParser) -> None:
+    _add_run(parser, "ConVIRT")
     parser.add_argument("--query", required=True, help="the report text to search with")
     parser.add_argument("--images", required=True, nargs="+", help="image files or directories (searched recursively)")
     parser.add_argument("--top-k", type=int, default=5, help="how many matches to keep")
@@ -77,11 +83,8 @@ def _add_retrieve(parser: argparse.ArgumentParser) -> None:
 
 
 def _retrieve(args, config) -> int:
-    from cxr_jax import config as config_lib
     from cxr_jax import retrieve
 
-    if config is None:
-        config = config_lib.load_run(args.workdir, args.overrides)
     result = retrieve.run(config, args.workdir, query=args.query, images=args.images, top_k=args.top_k, out=args.out)
     for match in result["matches"]:
         print(f"{match['rank']:3d}  {match['score']:+.4f}  {match['file']}")
@@ -90,8 +93,7 @@ def _retrieve(args, config) -> int:
 
 
 def _add_decompose(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", required=True, help="a trained DGM run")
-    parser.add_argument("--config", help="config file and variant (default: the run's WORKDIR/config.json)")
+    _add_run(parser, "DGM")
     parser.add_argument("images", nargs="+", help="image files or directories (searched recursively)")
     parser.add_argument("--out", required=True, help="directory for the PNGs and JSONs")
     parser.add_argument("--lung-masks", help="lung masks: DIR/NAME.png or DIR/{left,right}_lung/NAME.png "
@@ -99,11 +101,8 @@ def _add_decompose(parser: argparse.ArgumentParser) -> None:
 
 
 def _decompose(args, config) -> int:
-    from cxr_jax import config as config_lib
     from cxr_jax import decompose
 
-    if config is None:
-        config = config_lib.load_run(args.workdir, args.overrides)
     records = decompose.run(config, args.workdir, images=args.images, out=args.out, lung_masks=args.lung_masks)
     for record in records:
         best = max((c["score"] for c in record["components"]), default=0.0)
@@ -184,7 +183,8 @@ def _data(args, config) -> int:
     return 0
 
 
-# name -> (help, add arguments, run(args, config or None) -> exit code). Commands with --config get it loaded.
+# name -> (help, add arguments, run(args, config or None) -> exit code). Commands with --config get it loaded
+# (commands on a trained run, `_add_run`, the run's own config when --config is absent).
 COMMANDS = {
     "train": ("train a method; resumes from the latest checkpoint in --workdir", _add_config, _train),
     "evaluate": ("evaluate the latest checkpoint; writes WORKDIR/eval/metrics.json", _add_config, _evaluate),
@@ -213,14 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parallel.initialize()
     config = None
-    if getattr(args, "config", None):
-        try:
+    try:
+        if getattr(args, "config", None):
             config = config_lib.load(args.config, overrides)
-        except config_lib.ConfigError as e:
-            parser.exit(2, f"cxr-jax {args.command}: config error: {e}\n")
-    elif overrides and args.command not in ("retrieve", "decompose"):  # These apply them to the run's config.
-        parser.error(f"cxr-jax {args.command} takes no --config overrides")
-    args.overrides = overrides
+        elif getattr(args, "config_from_run", False):  # Commands on a trained run default to its config.
+            config = config_lib.load_run(args.workdir, overrides)
+        elif overrides:
+            parser.error(f"cxr-jax {args.command} takes no --config overrides")
+    except config_lib.ConfigError as e:
+        parser.exit(2, f"cxr-jax {args.command}: config error: {e}\n")
     from cxr_jax.data.sources import DataError
 
     try:

@@ -108,9 +108,8 @@ def threshold(scores: np.ndarray, region: np.ndarray, *, method: str = "otsu", p
     raise ValueError(f"saliency threshold must be one of {THRESHOLDS}; got {method!r}")
 
 
-def components(binary: np.ndarray, scores: np.ndarray, *, region: np.ndarray, min_area: int = 1) -> tuple[
-        np.ndarray, list[Component]]:
-    """The 8-connected components of `binary` that overlap `region` and have ≥ `min_area` pixels.
+def components(binary: np.ndarray, scores: np.ndarray, *, min_area: int = 1) -> tuple[np.ndarray, list[Component]]:
+    """The 8-connected components of `binary` with ≥ `min_area` pixels.
 
     Returns the [H, W] mask of the kept components and the components, highest score first.
     """
@@ -119,7 +118,7 @@ def components(binary: np.ndarray, scores: np.ndarray, *, region: np.ndarray, mi
     for index, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
         pixels = labels[rows, cols] == index
         area = int(pixels.sum())
-        if area < min_area or not region[rows, cols][pixels].any():
+        if area < min_area:
             continue
         kept[rows, cols] |= pixels
         inside = scores[rows, cols][pixels]
@@ -140,5 +139,5 @@ def saliency(residue: np.ndarray, boxes, *, method: str = "otsu", percentile: fl
     scores = score_map(residue, polarity)
     region = box_mask(boxes, scores.shape) if len(boxes) else np.ones(scores.shape, bool)
     cut = threshold(scores, region, method=method, percentile=percentile)
-    binary, found = components((scores > cut) & region, scores, region=region, min_area=min_area)
+    binary, found = components((scores > cut) & region, scores, min_area=min_area)
     return {"scores": scores, "threshold": cut, "binary": binary, "components": found}

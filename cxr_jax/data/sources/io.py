@@ -116,18 +116,25 @@ def square_coords(xy: np.ndarray, orig_size: tuple[int, int], image_size: int, *
     Points (landmarks) use pixel centres at integers; `edges=True` is for box corners, where pixel i spans
     [i, i + 1) (boxes are (x0, y0, x1, y1) with x1 exclusive, as the phantom writes them).
     """
-    h, w = orig_size
-    side = max(h, w)
-    offset = np.array([(side - w) // 2, (side - h) // 2], np.float32) + (0.0 if edges else 0.5)
-    return ((np.asarray(xy, np.float32) + offset) * image_size / side - (0.0 if edges else 0.5)).astype(np.float32)
+    side, offset, centre = _square_frame(orig_size, edges)
+    return ((np.asarray(xy, np.float32) + offset) * image_size / side - centre).astype(np.float32)
 
 
 def original_coords(xy: np.ndarray, orig_size: tuple[int, int], image_size: int, *, edges: bool = False) -> np.ndarray:
     """The inverse of `square_coords`: (x, y) in a `read_gray` output back in the original image's pixels."""
+    side, offset, centre = _square_frame(orig_size, edges)
+    return ((np.asarray(xy, np.float32) + centre) * side / image_size - offset).astype(np.float32)
+
+
+def _square_frame(orig_size: tuple[int, int], edges: bool) -> tuple[int, np.ndarray, float]:
+    """`read_gray`'s padded square: its side, the original's (x, y) shift into it, and the pixel-centre offset.
+
+    The offset is 0.5 for points at pixel centres and 0 for box edges; the shift includes it.
+    """
     h, w = orig_size
     side = max(h, w)
-    offset = np.array([(side - w) // 2, (side - h) // 2], np.float32) + (0.0 if edges else 0.5)
-    return ((np.asarray(xy, np.float32) + (0.0 if edges else 0.5)) * side / image_size - offset).astype(np.float32)
+    centre = 0.0 if edges else 0.5
+    return side, np.array([(side - w) // 2, (side - h) // 2], np.float32) + centre, centre
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
