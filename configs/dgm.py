@@ -53,6 +53,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.saliency.polarity = "abs"  # abs | positive (added intensity, e.g. opacities) | negative.
     c.saliency.min_area = 4  # Components with fewer pixels are dropped.
     c.saliency.image_top_fraction = 0.05  # An image's score: the mean of its top 5 % pixel scores in the lungs.
+    c.saliency.lung_segmenter = None  # A segment run (configs/segment.py:lungs) for sets without lung masks.
 
     c.data.normal_fraction = 0.5  # Normal images in every training batch (the discriminator's reals).
     c.data.train.num_examples = 1024

@@ -8,7 +8,8 @@ For each image NAME it writes, at the model's resolution (the image padded to a 
   NAME.json          threshold, lung boxes and each component's box and score, in model pixels and in the
                      original image's pixels
 Lung boxes come from a mask per image (`lung_masks`: DIR/NAME.png, or DIR/left_lung/NAME.png and
-DIR/right_lung/NAME.png as in the jsrt layout); without masks the whole image counts as lung.
+DIR/right_lung/NAME.png as in the jsrt layout); without masks from the lung segmenter run named by
+`saliency.lung_segmenter` (`cxr_jax.segment`); without either the whole image counts as lung.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cxr_jax import parallel, saliency
+from cxr_jax import parallel, saliency, segment
 from cxr_jax.config import ConfigError
 from cxr_jax.data.sources import io
 from cxr_jax.evaluate import common
@@ -40,7 +41,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, image
     files, size = io.image_files(images), config.image_size
     read = [io.read_gray(f, size) for f in files]
     pixels = np.stack([image[..., None] for image, _ in read])
-    masks = [read_lung_mask(lung_masks, f, size) if lung_masks else None for f in files]  # Fail before writing.
+    masks = lung_masks_for(config, files, pixels, lung_masks)  # Fails before anything is written.
     outputs, _ = common.predict(method.decompose, state, {"image": pixels}, preprocess=method.preprocess_eval,
                                 batch_size=config.batch_size, mesh=mesh)
     out = pathlib.Path(out)
@@ -56,6 +57,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, image
         (out / f"{file.stem}.json").write_text(json.dumps(record, indent=2) + "\n")
         records.append(record)
     return records
+
+
+def lung_masks_for(config, files, pixels: np.ndarray, lung_masks) -> list[np.ndarray | None]:
+    """Each image's lung mask: from `lung_masks`, else the configured segmenter, else None (whole image)."""
+    if lung_masks:
+        return [read_lung_mask(lung_masks, f, pixels.shape[1]) for f in files]
+    if config.saliency.lung_segmenter:
+        return list(segment.Segmenter(config.saliency.lung_segmenter).lungs(pixels))
+    return [None] * len(files)
 
 
 def read_lung_mask(directory: str | pathlib.Path, image: pathlib.Path, size: int) -> np.ndarray:

@@ -111,6 +111,23 @@ def _decompose(args, config) -> int:
     return 0
 
 
+def _add_segment(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="a trained segment run (configs/segment.py)")
+    parser.add_argument("images", nargs="+", help="image files or directories (searched recursively)")
+    parser.add_argument("--out", required=True, help="directory for the masks and overlays")
+
+
+def _segment(args, config) -> int:
+    from cxr_jax import segment
+
+    records = segment.run(args.workdir, images=args.images, out=args.out)
+    for record in records:
+        areas = "  ".join(f"{k.removeprefix('area_')} {v:.3f}" for k, v in record.items() if k.startswith("area_"))
+        print(f"{areas}  {record['image']}")
+    print(f"wrote {args.out}: NAME_<structure>.png masks and NAME_overlay.png per image (original size)")
+    return 0
+
+
 def _add_source(parser: argparse.ArgumentParser, split_help: str = "split to read") -> argparse.ArgumentParser:
     """The arguments every `data` action shares: SOURCE, --path and --split (read by `_data_spec`)."""
     parser.add_argument("source")
@@ -192,6 +209,7 @@ COMMANDS = {
     "data": ("list data sources; inspect a data set", _add_data, _data),
     "retrieve": ("rank images against a text query with a trained ConVIRT run", _add_retrieve, _retrieve),
     "decompose": ("a DGM run's synthesised normal, residue and saliency for images", _add_decompose, _decompose),
+    "segment": ("a segment run's structure masks (e.g. lungs) for images", _add_segment, _segment),
 }
 
 

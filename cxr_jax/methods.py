@@ -3,13 +3,15 @@
 from cxr_jax.evaluate import classifier as classifier_eval
 from cxr_jax.evaluate import convirt as convirt_eval
 from cxr_jax.evaluate import dgm as dgm_eval
-from cxr_jax.train import classifier, convirt, dgm
+from cxr_jax.evaluate import segment as segment_eval
+from cxr_jax.train import classifier, convirt, dgm, segment
 
 # name -> class built from (config, mesh), with train_data(), init(rng, batch), train_step(state, batch).
 METHODS = {
     "classifier": classifier.Classifier,
     "convirt": convirt.ConVIRT,
     "dgm": dgm.DGM,
+    "segment": segment.Segment,
 }
 
 # name -> evaluate(method, state, mesh, outdir) -> {metric name: number}, figures written to outdir.
@@ -17,4 +19,5 @@ EVALUATORS = {
     "classifier": classifier_eval.evaluate,
     "convirt": convirt_eval.evaluate,
     "dgm": dgm_eval.evaluate,
+    "segment": segment_eval.evaluate,
 }

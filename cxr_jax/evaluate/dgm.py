@@ -2,7 +2,8 @@
 
 From the eval split's residue maps r (scores |r| by default, `saliency.polarity`):
   image_auc    normal vs abnormal from each image's score: the mean of its top `saliency.image_top_fraction`
-               pixel scores inside the lungs (lung mask where the data has one, else the whole image)
+               pixel scores inside the lungs (the data's lung mask, else the `saliency.lung_segmenter` run's,
+               else the whole image)
   pixel_auroc, pixel_ap   every pixel of the images with lesion masks (normal images: all negative)
   best_dice    the best Dice over one global threshold of the pixel scores (= the best F1 of the pixels)
   hit_rate     fraction of lesions (box centres: `nodule_x`/`nodule_y` for jsrt) inside the box of a
@@ -23,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
-from cxr_jax import saliency  # noqa: E402
+from cxr_jax import saliency, segment  # noqa: E402
 from cxr_jax.data import sources  # noqa: E402
 from cxr_jax.evaluate import common  # noqa: E402
 
@@ -39,6 +40,10 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
                                    preprocess=method.preprocess_eval, batch_size=config.batch_size, mesh=mesh,
                                    image_size=config.image_size, on_error=spec.on_error)
     picked = {k: v[keep][rows] for k, v in data.items() if k in ("image", "label", "mask_lesion", "mask_lungs", "box")}
+    if "mask_lungs" not in picked and config.saliency.lung_segmenter:
+        images = (picked["image"] if "image" in picked else  # Streamed: read the files again.
+                  np.stack([sources.read_gray(f, config.image_size)[0] for f in data["file"][keep][rows]]))
+        picked["mask_lungs"] = segment.Segmenter(config.saliency.lung_segmenter).lungs(images)
     result, scored = anomaly_metrics(outputs["residue"][..., 0], picked, config.saliency)
     if "image" in picked:
         _plot_cases(picked, outputs, scored, outdir / "cases.png")

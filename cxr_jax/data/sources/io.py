@@ -88,7 +88,7 @@ def read_gray(path: pathlib.Path, image_size: int, *, mask: bool = False) -> tup
 
     Masks (`mask=True`) are resized with nearest neighbours and returned as 0/1.
     """
-    array = _decode(path)
+    array = decode(path)
     h, w = array.shape
     side = max(h, w)
     if h != w:
@@ -213,7 +213,8 @@ def _require_file(path: pathlib.Path) -> None:
         raise DataError(f"{path}: image file is missing")
 
 
-def _decode(path: pathlib.Path) -> np.ndarray:
+def decode(path: pathlib.Path) -> np.ndarray:
+    """An image file (PNG, JPEG, DICOM) as 8-bit grayscale [H, W] at its own size."""
     path = pathlib.Path(path)
     _require_file(path)
     if path.suffix.lower() == ".dcm":

@@ -1,0 +1,103 @@
+"""`cxr-jax segment`: a trained segmenter's masks for any images, and lung masks for other commands.
+
+For each image NAME it writes, at the original image's size, NAME_<structure>.png (0/255) per structure and
+NAME_overlay.png (the structures' outlines over the image). `lung_masks` gives DGM's decompose and evaluation
+their lung boxes when a set has no lung masks.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from cxr_jax import config as config_lib
+from cxr_jax import parallel
+from cxr_jax.config import ConfigError
+from cxr_jax.data.sources import io
+from cxr_jax.evaluate import common
+
+OUTLINE_COLOURS = ((255, 64, 64), (64, 255, 64), (64, 128, 255), (255, 255, 64), (255, 64, 255))
+
+
+class Segmenter:
+    """A trained `segment` run, ready to predict: `masks(images)` at any image size."""
+
+    def __init__(self, workdir: str | pathlib.Path, mesh=None):
+        self.config = config_lib.load_run(workdir)
+        if self.config.method != "segment":
+            raise ConfigError(f"{workdir} was trained with method {self.config.method!r}; a segmenter run "
+                              "(configs/segment.py) is needed")
+        self.mesh = mesh or parallel.make_mesh()
+        self.method, self.state, self.step = common.restore_method(self.config, workdir, self.mesh)
+        self.structures = tuple(self.config.model.structures)
+
+    def masks(self, images: np.ndarray) -> np.ndarray:
+        """Binary masks uint8 [N, S, S, C] of square uint8 images [N, S, S(, 1)], at their own size S."""
+        images = images[..., 0] if images.ndim == 4 else images
+        size, own = images.shape[1], self.config.image_size
+        resized = np.stack([_resize(x, own, Image.BILINEAR) for x in images])[..., None]
+        probs, _ = common.predict(self.method.predict, self.state, {"image": resized},
+                                  preprocess=self.method.preprocess_eval, batch_size=self.config.batch_size,
+                                  mesh=self.mesh)
+        hard = (probs > 0.5).astype(np.uint8)
+        return np.stack([np.stack([_resize(m[..., c], size, Image.NEAREST) for c in range(m.shape[-1])], -1)
+                         for m in hard])
+
+    def lungs(self, images: np.ndarray) -> np.ndarray:
+        """Lung masks uint8 [N, S, S]: the `lungs` channel, or left_lung | right_lung."""
+        masks = self.masks(images)
+        if "lungs" in self.structures:
+            return masks[..., self.structures.index("lungs")]
+        if {"left_lung", "right_lung"} <= set(self.structures):
+            return masks[..., self.structures.index("left_lung")] | masks[..., self.structures.index("right_lung")]
+        raise ConfigError(f"the segmenter's structures {self.structures} include no lungs")
+
+
+def run(workdir: str | pathlib.Path, *, images: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> list[dict]:
+    """Segments every image under `images` and writes its masks and overlay; returns per-image areas."""
+    segmenter = Segmenter(workdir)
+    files, size = io.image_files(images), segmenter.config.image_size
+    read = [io.read_gray(f, size) for f in files]
+    masks = segmenter.masks(np.stack([image for image, _ in read]))
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for file, (_, orig_size), mask in zip(files, read, masks):
+        original = io.decode(file)
+        full = np.stack([to_original(mask[..., c], orig_size) for c in range(mask.shape[-1])], -1)
+        for c, name in enumerate(segmenter.structures):
+            Image.fromarray(full[..., c] * 255).save(out / f"{file.stem}_{name}.png")
+        overlay(original, full).save(out / f"{file.stem}_overlay.png")
+        records.append({"image": str(file), **{f"area_{s}": float(full[..., c].mean())
+                                               for c, s in enumerate(segmenter.structures)}})
+    return records
+
+
+def to_original(mask: np.ndarray, orig_size: tuple[int, int]) -> np.ndarray:
+    """A square model-resolution mask back on the original (h, w) grid: resize to the padded side, crop."""
+    h, w = orig_size
+    side = max(h, w)
+    square = _resize(mask, side, Image.NEAREST)
+    top, left = (side - h) // 2, (side - w) // 2
+    return square[top:top + h, left:left + w]
+
+
+def overlay(image: np.ndarray, masks: np.ndarray) -> Image.Image:
+    """Each mask's outline (pixels inside with a neighbour outside) in its own colour over a gray image."""
+    rgb = np.repeat(image[..., None], 3, axis=-1)
+    for c in range(masks.shape[-1]):
+        m = masks[..., c] > 0
+        inner = m.copy()
+        inner[1:] &= m[:-1]
+        inner[:-1] &= m[1:]
+        inner[:, 1:] &= m[:, :-1]
+        inner[:, :-1] &= m[:, 1:]
+        rgb[m & ~inner] = OUTLINE_COLOURS[c % len(OUTLINE_COLOURS)]
+    return Image.fromarray(rgb)
+
+
+def _resize(x: np.ndarray, size: int, resample) -> np.ndarray:
+    return x if x.shape[0] == size else np.asarray(Image.fromarray(x).resize((size, size), resample))
