@@ -32,6 +32,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         residue_res_norm="none",  # D_F's residual blocks: none (like E_F, keeps the residue's scale) | in.
     ))
     c.model.discriminator = ml_collections.ConfigDict(dict(dim=64, n_layers=4, num_scales=3))
+    # The anomaly baseline trained beside DGM on the same batches' normals (its metrics are `ae_…`).
+    c.model.ae = ml_collections.ConfigDict(dict(enabled=True, dim=32, n_down=3, latent=128))
 
     c.loss = ml_collections.ConfigDict(dict(adversarial=10.0, reconstruction=10.0, tv=1.0))  # λ_A, λ_R, λ_TV.
 
@@ -63,6 +65,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         common.smoke(c)
         c.model.generator.update(dim=4, n_res=1, mlp_dim=8)
         c.model.discriminator.update(dim=8, n_layers=3, num_scales=2)
+        c.model.ae.update(dim=4, n_down=2, latent=8)
     elif arg in ("demo", "nih1000", "jsrt"):
         c.model.generator.update(dim=16, n_res=2, mlp_dim=64)
         c.model.discriminator.update(dim=16)
@@ -76,9 +79,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         elif arg == "jsrt":
             c.image_size = 128
             c.augment.max_shift = 4
+            c.model.ae.n_down = 4
             _use_shared(c, "jsrt", train_split="train", eval_split="valid")
     elif arg == "paper":
         c.image_size = 256
+        c.model.ae.update(dim=64, n_down=5, latent=256)
         c.optim.decay_every = 100_000
         c.train.num_steps = 300_000
         c.train.log_every = 100

@@ -9,7 +9,8 @@ From the eval split's residue maps r (scores |r| by default, `saliency.polarity`
   hit_rate     fraction of lesions (box centres: `nodule_x`/`nodule_y` for jsrt) inside the box of a
                component of the saliency pipeline (`cxr_jax.saliency`), over the images that have one;
                `hit_rate_chance` is the fraction of lung pixels those boxes cover (a random guess's hit rate)
-and `eval/cases.png`: input | synthesised normal | residue | saliency for the best and worst abnormal cases.
+The same keys prefixed `ae_` score the baseline autoencoder's error z − AE(z) (`model.ae`), and
+`eval/cases.png`: input | synthesised normal | residue | saliency for the best and worst abnormal cases.
 `anomaly_metrics` takes any anomaly maps, so a baseline's reconstruction error is scored the same way.
 """
 
@@ -45,6 +46,12 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
                   np.stack([sources.read_gray(f, config.image_size)[0] for f in data["file"][keep][rows]]))
         picked["mask_lungs"] = segment.Segmenter(config.saliency.lung_segmenter).lungs(images)
     result, scored = anomaly_metrics(outputs["residue"][..., 0], picked, config.saliency)
+    if method.autoencoder is not None:  # The baseline's reconstruction error, scored the same way.
+        baseline, _ = common.predict(method.ae_residue, state, {key: data[key][keep][rows]},
+                                     preprocess=method.preprocess_eval, batch_size=config.batch_size, mesh=mesh,
+                                     image_size=config.image_size, on_error=spec.on_error)
+        ae_result, _ = anomaly_metrics(baseline["residue"][..., 0], picked, config.saliency)
+        result.update({f"ae_{k}": v for k, v in ae_result.items() if not k.startswith("num_")})
     if "image" in picked:
         _plot_cases(picked, outputs, scored, outdir / "cases.png")
     return result

@@ -67,6 +67,12 @@ def residue_on_normals(*, residue: jax.Array, is_normal: jax.Array) -> jax.Array
     return jnp.mean(_per_example_mean(jnp.abs(residue)) * is_normal.astype(jnp.float32))
 
 
+def autoencoder_loss(*, recon: jax.Array, image: jax.Array, is_normal: jax.Array) -> jax.Array:
+    """The baseline's ‖AE(z) − z‖₁ (mean |·| per image), averaged over the batch's normal images only."""
+    error = _per_example_mean(jnp.abs(recon.astype(jnp.float32) - image.astype(jnp.float32)))
+    return _masked_mean(error, is_normal)
+
+
 def total_variation(*, images: jax.Array) -> jax.Array:
     """ℓ_TV of [B, H, W, C] images: Σ |vertical| + |horizontal| neighbour differences / (B·H·W·C)."""
     x = images.astype(jnp.float32)

@@ -232,6 +232,29 @@ class Generator(nn.Module):
                 "residue": self.d_f(self.e_f(z.astype(self.dtype)))}
 
 
+class AutoEncoder(nn.Module):
+    """The anomaly baseline: a convolutional autoencoder with a dense bottleneck, trained on normals only.
+
+    E (as E_F, no norm, no residual blocks) → flatten → Dense(latent) → Dense → reshape → D (as D_G, no
+    residual blocks) → tanh. The bottleneck stops it learning the identity, so what it cannot reconstruct
+    (z − AE(z)) marks what it never saw in normal images.
+    """
+
+    dim: int = 32
+    n_down: int = 3
+    latent: int = 128
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        """Z [B, H, W, 1] in [-1, 1] → reconstruction [B, H, W, 1] float32."""
+        code = Encoder(self.dim, self.n_down, 0, "none", self.dtype)(z.astype(self.dtype))
+        b, h, w, c = code.shape
+        x = nn.Dense(self.latent, kernel_init=GEN_INIT, dtype=self.dtype)(code.reshape(b, -1))
+        x = nn.relu(nn.Dense(h * w * c, kernel_init=GEN_INIT, dtype=self.dtype)(x)).reshape(b, h, w, c)
+        return Decoder(self.n_down, 0, "none", dtype=self.dtype)(x)
+
+
 class PatchDiscriminator(nn.Module):
     """conv4/stride 2 from `dim` channels doubling over `n_layers` layers, leaky ReLU 0.2, then a 1×1 conv."""
 

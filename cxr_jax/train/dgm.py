@@ -6,7 +6,9 @@ Order within a step (as MUNIT's `dis_update` then `gen_update`):
      fakes and the batch's real normal images as reals;
   3. the generator takes one Adam step on L_G scored by the UPDATED discriminator; its gradient is the VJP of
      step 1 applied to ∂L_G/∂(y′, r, z″), so the generator's forward pass is not repeated;
-  4. optionally, the generator's exponential moving average (`model_state['ema']`) moves towards it.
+  4. optionally, the generator's exponential moving average (`model_state['ema']`) moves towards it;
+  5. the baseline autoencoder (`model.ae.enabled`) takes one Adam step on the batch's normal images, so the
+     same command trains the comparison for every evaluation number (`ae_…` metrics).
 Every batch holds `data.normal_fraction` normal images (a fixed composition, see `pipeline.train_dataset`), so
 the discriminator always has real normals.
 """
@@ -41,8 +43,13 @@ class DGM:
             raise ConfigError(f"image_size={config.image_size} must be divisible by 2^model.generator.n_down")
         self.generator = models.Generator(g.dim, g.n_down, g.n_res, g.mlp_dim, g.residue_res_norm, dtype)
         self.discriminator = models.MultiScaleDiscriminator(d.dim, d.n_layers, d.num_scales, dtype)
+        ae = config.model.ae
+        self.autoencoder = models.AutoEncoder(ae.dim, ae.n_down, ae.latent, dtype) if ae.enabled else None
+        if ae.enabled and config.image_size % 2**ae.n_down:
+            raise ConfigError(f"image_size={config.image_size} must be divisible by 2^model.ae.n_down")
         self.schedule = _schedule(config.optim)
-        self.tx = {"g": _adam(config.optim, self.schedule), "d": _adam(config.optim, self.schedule)}
+        networks = ("g", "d", "ae") if ae.enabled else ("g", "d")
+        self.tx = {name: _adam(config.optim, self.schedule) for name in networks}
         self.batch_composition = normal_composition(config.batch_size, config.data.normal_fraction)
 
     # --- Data ------------------------------------------------------------------------------------------------
@@ -68,9 +75,11 @@ class DGM:
 
     def init(self, rng: jax.Array, batch) -> state_lib.TrainState:
         """Both networks' parameters and optimizer states (and the generator EMA, if enabled)."""
-        g_rng, d_rng = jax.random.split(rng)
+        g_rng, d_rng, ae_rng = jax.random.split(rng, 3)
         params = {"g": self.generator.init(g_rng, batch["image"])["params"],
                   "d": self.discriminator.init(d_rng, batch["image"])["params"]}
+        if self.autoencoder is not None:
+            params["ae"] = self.autoencoder.init(ae_rng, batch["image"])["params"]
         model_state = {"ema": params["g"]} if self.config.optim.ema_decay else {}
         return state_lib.TrainState.create(params, self.tx, model_state)
 
@@ -98,7 +107,17 @@ class DGM:
         metrics = {"g_loss": g_loss, "d_loss": d_loss, **terms,
                    "learning_rate": self.schedule(state.step),
                    **{f"g_{k}": v for k, v in g_norms.items()}, **{f"d_{k}": v for k, v in d_norms.items()}}
+        if self.autoencoder is not None:
+            ae_loss, ae_grads = jax.value_and_grad(self.autoencoder_loss)(state.params["ae"], image=z,
+                                                                         is_normal=is_normal)
+            new_state = new_state.apply_gradients("ae", ae_grads, self.tx["ae"])
+            metrics["ae_recon"] = ae_loss
         return new_state.replace(step=state.step + 1), metrics
+
+    def autoencoder_loss(self, ae_params, *, image: jax.Array, is_normal: jax.Array) -> jax.Array:
+        """The baseline's L1 reconstruction loss over the batch's normal images."""
+        recon = self.autoencoder.apply({"params": ae_params}, image)
+        return losses.autoencoder_loss(recon=recon, image=image, is_normal=is_normal)
 
     def discriminator_loss(self, d_params, *, fake: jax.Array, real: jax.Array, is_normal: jax.Array) -> jax.Array:
         """L_D with fakes and reals scored in one pass of the discriminator."""
@@ -124,6 +143,11 @@ class DGM:
         """{'normal': y′, 'residue': r} of `batch['image']` [B, H, W, 1] in [-1, 1]."""
         return self.generator.apply({"params": self.generator_params(state)}, batch["image"],
                                     method=models.Generator.decompose)
+
+    def ae_residue(self, state: state_lib.TrainState, batch) -> dict[str, jax.Array]:
+        """{'residue': z − AE(z)}: the baseline's anomaly map, signed like DGM's residue."""
+        z = batch["image"]
+        return {"residue": z.astype(jnp.float32) - self.autoencoder.apply({"params": state.params["ae"]}, z)}
 
 
 def normal_composition(batch_size: int, normal_fraction: float) -> tuple[int, int]:

@@ -63,3 +63,20 @@ def test_evaluate_cli_writes_metrics_and_cases(dgm_run):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["num_images"] == 32
     assert (dgm_run / "eval" / "cases.png").stat().st_size > 1000
+    # The baseline: recompute its pixel AUROC from the restored autoencoder, outside the evaluator.
+    from sklearn import metrics as skm
+
+    from cxr_jax import config as config_lib
+    from cxr_jax.data import sources
+    from cxr_jax.models import dgm as dgm_models
+    from tests.conftest import final_state
+
+    config = config_lib.load(SMOKE)
+    state, _ = final_state(SMOKE, dgm_run)
+    data = sources.load(config.data.eval, image_size=config.image_size, seed=config.seed)
+    z = data["image"].astype(np.float32) / 127.5 - 1.0
+    ae = dgm_models.AutoEncoder(config.model.ae.dim, config.model.ae.n_down, config.model.ae.latent)
+    error = np.abs(z - np.asarray(ae.apply({"params": state.params["ae"]}, z)))[..., 0]
+    want = skm.roc_auc_score(data["mask_lesion"].ravel() > 0, error.ravel())
+    assert metrics["ae_pixel_auroc"] == pytest.approx(want, abs=1e-6)
+    assert {"ae_image_auc", "ae_best_dice", "ae_hit_rate", "ae_hit_rate_chance"} <= set(metrics)

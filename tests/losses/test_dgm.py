@@ -115,3 +115,11 @@ def test_loss_gradients_match_finite_differences():
     grad = jax.grad(lambda x: losses.total_variation(images=x))(ramp)
     want = (i == S - 1).astype(float) - (i == 0) + (j == S - 1) - (j == 0)
     np.testing.assert_allclose(np.asarray(grad)[0, :, :, 0], want / (S * S), atol=1e-7)
+
+
+def test_autoencoder_loss_counts_normal_images_only():
+    z, recon, normal = _images(), _images(), np.array([1, 0, 1, 0])
+    got = losses.autoencoder_loss(recon=jnp.asarray(recon, jnp.float32), image=jnp.asarray(z, jnp.float32),
+                                  is_normal=jnp.asarray(normal))
+    want = np.mean([np.mean(np.abs(recon[b] - z[b])) for b in range(B) if normal[b]])
+    np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -59,7 +59,7 @@ def test_step_updates_d_first_then_g_against_the_updated_d(smoke):
     config, method, s = smoke
     lr = 0.05  # SGD (update = −lr · gradient) makes the step's gradients readable from its update.
     sgd = dgm.DGM(config)
-    sgd.tx = {"g": optax.sgd(lr), "d": optax.sgd(lr)}
+    sgd.tx = {"g": optax.sgd(lr), "d": optax.sgd(lr), "ae": optax.sgd(lr)}
     state = s.init_fn(jax.random.key(0), s.first_batch)
     state = state.replace(opt_state={k: sgd.tx[k].init(v) for k, v in state.params.items()})
     step = jax.jit(sgd.train_step)
@@ -77,8 +77,14 @@ def test_step_updates_d_first_then_g_against_the_updated_d(smoke):
     # EMA: 0.9 · old EMA + 0.1 · new G.
     np.testing.assert_allclose(_flat(after.model_state["ema"]),
                                0.9 * _flat(before.model_state["ema"]) + 0.1 * _flat(after.params["g"]), atol=1e-6)
+    # The baseline autoencoder: one step on the batch's normal images only.
+    normal = (np.asarray(s.first_batch["label"]) == 0).astype(np.float32)
+    ae_grads = jax.grad(sgd.autoencoder_loss)(before.params["ae"], image=s.first_batch["image"],
+                                              is_normal=normal)
+    step_ae = (_flat(before.params["ae"]) - _flat(after.params["ae"])) / lr
+    np.testing.assert_allclose(step_ae, _flat(ae_grads), atol=1e-4 * np.abs(_flat(ae_grads)).max())
     assert int(after.step) == int(before.step) + 1
-    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert all(np.isfinite(float(v)) for v in metrics.values()) and "ae_recon" in metrics
 
 
 def test_step_compiles_once(smoke):
