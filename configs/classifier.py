@@ -9,6 +9,11 @@ Variants:
 Run:
   cxr-jax train --config configs/classifier.py:demo --workdir workdirs/classifier
   cxr-jax evaluate --config configs/classifier.py:demo --workdir workdirs/classifier
+DGM downstream (nih1000; DGM run from `configs/dgm.py:nih1000`), with the residue as a feature or transplanted:
+  cxr-jax train --config configs/classifier.py:nih1000 --workdir W --config.model.residue_from=DGM_RUN \
+      --config.model.residue_features=True
+  cxr-jax train --config configs/classifier.py:nih1000 --workdir W --config.model.residue_from=DGM_RUN \
+      --config.augment.transplant=0.3
 """
 
 import ml_collections
@@ -24,6 +29,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.model.block = "basic"  # basic | bottleneck (torchvision layout).
     c.model.width = 32
     c.model.num_classes = 1  # One logit: abnormal.
+    c.model.residue_from = None  # A DGM run (same image_size) whose residues the options below use.
+    c.model.residue_features = False  # The residue as a second input channel.
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3
@@ -33,6 +40,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict()
     c.augment.max_shift = 4  # Pixels of random translation (zero padding).
     c.augment.contrast = 0.2  # Contrast factor drawn from [1 - x, 1 + x].
+    c.augment.transplant = 0.0  # Probability that a normal image gets an abnormal one's residue (label 1).
 
     c.data.train.num_examples = 1024
     c.data.eval.num_examples = 256

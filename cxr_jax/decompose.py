@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cxr_jax import config as config_lib
 from cxr_jax import parallel, saliency, segment
 from cxr_jax.config import ConfigError
 from cxr_jax.data.sources import io
@@ -57,6 +58,21 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, image
         (out / f"{file.stem}.json").write_text(json.dumps(record, indent=2) + "\n")
         records.append(record)
     return records
+
+
+def residue_maps(workdir: str | pathlib.Path, images: np.ndarray, *, image_size: int) -> np.ndarray:
+    """A trained DGM's residues r float32 [N, S, S, 1] of uint8 images [N, S, S, 1] (S = its image size)."""
+    config = config_lib.load_run(workdir)
+    if config.method != "dgm":
+        raise ConfigError(f"{workdir} was trained with method {config.method!r}; residues need a DGM run")
+    if config.image_size != image_size:
+        raise ConfigError(f"the DGM run {workdir} works at image_size={config.image_size}, this run at "
+                          f"{image_size}; residues must come from images of the same size")
+    mesh = parallel.make_mesh()
+    method, state, _ = common.restore_method(config, workdir, mesh)
+    outputs, _ = common.predict(method.decompose, state, {"image": images}, preprocess=method.preprocess_eval,
+                                batch_size=config.batch_size, mesh=mesh)
+    return outputs["residue"].astype(np.float32)
 
 
 def lung_masks_for(config, files, pixels: np.ndarray, lung_masks) -> list[np.ndarray | None]:

@@ -40,12 +40,15 @@ def _coin(seed: tf.Tensor, p: float = 0.5) -> tf.Tensor:
 # Geometry.
 
 
-def random_shift(image: tf.Tensor, seed: tf.Tensor, max_shift: int) -> tf.Tensor:
-    """Translates by up to `max_shift` pixels in each direction, filling with the image minimum."""
+def random_shift(image: tf.Tensor, seed: tf.Tensor, max_shift: int, fill: float | None = None) -> tf.Tensor:
+    """Translates by up to `max_shift` pixels in each direction, filling with `fill` (default: the image minimum).
+
+    The offset depends on `seed` only, so tensors shifted with one seed move together.
+    """
     if max_shift == 0:
         return image
     h, w = tf.shape(image)[0], tf.shape(image)[1]
-    low = tf.reduce_min(image)
+    low = tf.reduce_min(image) if fill is None else tf.constant(fill, image.dtype)
     padded = tf.pad(image - low, [[max_shift, max_shift], [max_shift, max_shift], [0, 0]]) + low
     offset = tf.random.stateless_uniform([2], seed, 0, 2 * max_shift + 1, dtype=tf.int32)
     return tf.slice(padded, [offset[0], offset[1], 0], [h, w, tf.shape(image)[2]])
@@ -135,6 +138,15 @@ def undo_rot_flip(image: tf.Tensor, *, k: tf.Tensor, flip: tf.Tensor) -> tf.Tens
 
 
 # Photometry (images in [0, 1]).
+
+
+def transplant_residue(image: tf.Tensor, residue: tf.Tensor, *, weight: float | tf.Tensor = 1.0) -> tf.Tensor:
+    """A synthetic abnormal image: a DGM residue r (from an abnormal image) added to a normal image, clipped.
+
+    DGM decomposes z = y′ + r with y′ a normal image and r the disease, so y + w·r places that disease on
+    another normal image y (both [H, W, 1] in [-1, 1], from the same image size and framing).
+    """
+    return tf.clip_by_value(image + tf.cast(weight, image.dtype) * residue, -1.0, 1.0)
 
 
 def random_contrast(image: tf.Tensor, seed: tf.Tensor, amount: float) -> tf.Tensor:

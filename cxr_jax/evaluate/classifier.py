@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
-from cxr_jax.data import sources  # noqa: E402
 from cxr_jax.evaluate import common  # noqa: E402
 
 
@@ -19,8 +18,7 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     """Scores the eval split; writes `roc.png` to `outdir`."""
     config = method.config
     spec = config.data.eval
-    examples = sources.labelled_images(sources.load(spec, image_size=config.image_size, seed=config.seed),
-                                       spec.source)
+    examples = method.examples(spec)
     logits, rows = common.predict(method.predict, state, examples, preprocess=method.preprocess_eval,
                                   batch_size=config.batch_size, mesh=mesh, image_size=config.image_size,
                                   on_error=spec.on_error)

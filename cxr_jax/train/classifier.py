@@ -1,4 +1,9 @@
-"""Normal/abnormal classification: the loop's first method and DGM's downstream baseline.
+"""Normal/abnormal classification: the loop's first method and DGM's downstream task.
+
+With `model.residue_from` (a DGM run) the classifier uses DGM's residue r either as a second input channel
+(`model.residue_features`) or, with `augment.transplant` > 0, to make synthetic abnormal images: a normal
+training image plus a random abnormal training image's residue (`augment.transplant_residue`), labelled
+abnormal. Residues are computed once, on the host, when the data is loaded.
 
 A method supplies what the shared loop cannot know: its data and preprocessing, `init`, and a pure
 `train_step(state, batch) -> (state, metrics)`; evaluation lives in `cxr_jax.evaluate`.
@@ -9,8 +14,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+import tensorflow as tf
 
+from cxr_jax import decompose
+from cxr_jax.config import ConfigError
 from cxr_jax.data import augment, sources
 from cxr_jax.models import resnet
 from cxr_jax.train import state as state_lib
@@ -33,28 +42,68 @@ class Classifier:
         self.schedule = optax.warmup_cosine_decay_schedule(
             0.0, config.optim.learning_rate, config.optim.warmup_steps, config.train.num_steps)
         self.tx = {"model": optax.adamw(self.schedule, weight_decay=config.optim.weight_decay)}
+        self.donors = None  # Abnormal training residues [N, S, S, 1] for `augment.transplant`.
+        if (m.residue_features or config.augment.transplant) and not m.residue_from:
+            raise ConfigError("model.residue_features and augment.transplant need model.residue_from (a DGM run)")
+        if m.residue_features and config.augment.transplant:
+            raise ConfigError("use residues as features (model.residue_features) or for transplants "
+                              "(augment.transplant), not both: a transplanted image's own residue is unknown")
+
+    def examples(self, spec: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+        """Labelled images of one set, with their DGM residues (`residue`) when `model.residue_from` is set."""
+        data = sources.labelled_images(sources.load(spec, image_size=self.config.image_size, seed=self.config.seed),
+                                       spec.source)
+        if self.config.model.residue_from:
+            if "image" not in data:
+                raise ConfigError("residues are computed from images in memory: set data.*.stream=False")
+            data["residue"] = decompose.residue_maps(self.config.model.residue_from, data["image"],
+                                                     image_size=self.config.image_size)
+        return data
 
     def train_data(self):
         """Host-side training examples and the per-example tf.data preprocessing."""
-        spec = self.config.data.train
-        examples = sources.load(spec, image_size=self.config.image_size, seed=self.config.seed)
-        return sources.labelled_images(examples, spec.source), self.preprocess_train
+        examples = self.examples(self.config.data.train)
+        if self.config.augment.transplant:
+            self.donors = examples["residue"][examples["label"] == 1]
+            if not len(self.donors):
+                raise sources.DataError("augment.transplant needs abnormal training images to take residues from")
+        if not self.config.model.residue_features:
+            examples.pop("residue", None)
+        return examples, self.preprocess_train
 
     def preprocess_train(self, example):
-        """Random shift and contrast, then [-1, 1] floats."""
-        shift_seed, contrast_seed = tf_split(example["seed"])
-        image = augment.to_float(example["image"])
+        """Random shift and contrast, then [-1, 1] floats; residue channel or transplant if configured."""
+        shift_seed, contrast_seed, transplant_seed = tf.unstack(augment.split_seed(example["seed"], 3))
+        image, label = augment.to_float(example["image"]), example["label"]
+        if self.donors is not None:
+            image, label = self._transplant(image, label, transplant_seed)
         image = augment.random_shift(image, shift_seed, self.config.augment.max_shift)
         image = augment.random_contrast(image, contrast_seed, self.config.augment.contrast)
-        return {"image": image, "label": example["label"]}
+        if "residue" in example:
+            residue = augment.random_shift(example["residue"], shift_seed, self.config.augment.max_shift, fill=0.0)
+            image = tf.concat([image, residue], axis=-1)
+        return {"image": image, "label": label}
+
+    def _transplant(self, image, label, seed):
+        """With probability `augment.transplant`, a normal image gets a random donor residue and label 1."""
+        coin_seed, donor_seed = tf.unstack(augment.split_seed(seed, 2))
+        donors = tf.constant(self.donors)
+        chosen = tf.logical_and(tf.equal(label, 0),
+                                tf.random.stateless_uniform([], coin_seed) < self.config.augment.transplant)
+        donor = donors[tf.random.stateless_uniform([], donor_seed, 0, len(self.donors), dtype=tf.int32)]
+        image = tf.where(chosen, augment.transplant_residue(image, donor), image)
+        return image, tf.where(chosen, tf.ones_like(label), label)
 
     def preprocess_eval(self, example):
-        """Eval images: [-1, 1] floats, no augmentation."""
-        return {**example, "image": augment.to_float(example["image"])}
+        """Eval images: [-1, 1] floats (with the residue channel if used), no augmentation."""
+        image = augment.to_float(example["image"])
+        if "residue" in example and self.config.model.residue_features:
+            image = tf.concat([image, example["residue"]], axis=-1)
+        return {**example, "image": image}
 
     def init(self, rng: jax.Array, batch) -> state_lib.TrainState:
         """Parameters and optimizer state for a batch of this shape."""
-        variables = self.model.init(rng, batch["image"], train=False)
+        variables = self.model.init(rng, batch["image"], train=False)  # Channels: 1, or 2 with residues.
         return state_lib.TrainState.create({"model": variables["params"]}, self.tx,
                                            {"batch_stats": variables["batch_stats"]})
 
@@ -79,9 +128,3 @@ class Classifier:
         """Abnormality logits [B] in float32."""
         logits = self.model.apply({"params": state.params["model"], **state.model_state}, batch["image"])
         return logits[:, 0].astype(jnp.float32)
-
-
-def tf_split(seed):
-    """Two independent stateless seeds from one."""
-    seeds = augment.split_seed(seed, 2)
-    return seeds[0], seeds[1]

@@ -183,3 +183,19 @@ def test_convirt_blur_is_scaled_from_the_papers_224_pixels():
     out = augment.convirt_view(image, SEED, cfg).numpy()
     # 56 px is a quarter of 224: σ 4 becomes 1.
     np.testing.assert_allclose(out, augment.gaussian_blur(image, sigma=1.0, radius=3).numpy(), atol=1e-5)
+
+
+def test_shifts_with_one_seed_move_together_and_fill_as_asked():
+    image = tf.reshape(tf.range(1, 26, dtype=tf.float32), [5, 5, 1])
+    seed = tf.constant([4, 1], tf.int64)
+    a = augment.random_shift(image, seed, 2).numpy()
+    b = augment.random_shift(-image, seed, 2, fill=0.0).numpy()
+    np.testing.assert_array_equal(np.where(b == 0, 1.0, -b), np.where(b == 0, 1.0, a))  # Same offset…
+    assert (a[b == 0] == 1.0).all()  # …the first filled with its minimum, the second with 0.
+
+
+def test_transplant_residue_adds_and_clips():
+    image = tf.constant([[[-1.0], [0.0]], [[0.5], [0.9]]])
+    residue = tf.constant([[[0.2], [0.3]], [[-0.2], [0.4]]])
+    out = augment.transplant_residue(image, residue, weight=0.5).numpy()[..., 0]
+    np.testing.assert_allclose(out, [[-0.9, 0.15], [0.4, 1.0]], rtol=1e-6)
