@@ -102,8 +102,10 @@ class Classifier:
         return {**example, "image": image}
 
     def init(self, rng: jax.Array, batch) -> state_lib.TrainState:
-        """Parameters and optimizer state for a batch of this shape."""
-        variables = self.model.init(rng, batch["image"], train=False)  # Channels: 1, or 2 with residues.
+        """Parameters and optimizer state for images shaped like `batch['image']` (channels from the config)."""
+        channels = 2 if self.config.model.residue_features else 1  # The image, and its residue if used.
+        images = jnp.zeros((*batch["image"].shape[:-1], channels), batch["image"].dtype)
+        variables = self.model.init(rng, images, train=False)
         return state_lib.TrainState.create({"model": variables["params"]}, self.tx,
                                            {"batch_stats": variables["batch_stats"]})
 

@@ -72,3 +72,14 @@ def test_residue_options_are_checked(dgm_run):
                                            "image_size=64"))
     with pytest.raises(ConfigError, match="image_size=32, this run at 64"):
         method.train_data()
+
+
+def test_a_residue_feature_run_evaluates(dgm_run, tmp_path):
+    from cxr_jax import evaluate
+
+    overrides = [f"model.residue_from={dgm_run}", "model.residue_features=True", "train.num_steps=3",
+                 "data.train.num_examples=16", "data.eval.num_examples=16"]
+    config = config_lib.load(SMOKE, overrides)
+    loop.train(config, tmp_path)
+    result = evaluate.run(config, tmp_path)  # Restores the 2-channel model, residues computed for eval.
+    assert result["num_examples"] == 16 and 0.0 <= result["auc"] <= 1.0
