@@ -1,5 +1,9 @@
 """DGM's step: update order, gradients, EMA, one trace, normals in every batch, exact resume."""
 
+import json
+import subprocess
+import sys
+
 import chex
 import jax
 import numpy as np
@@ -10,7 +14,7 @@ from cxr_jax import checkpoint, parallel
 from cxr_jax import config as config_lib
 from cxr_jax.config import ConfigError
 from cxr_jax.train import dgm, loop
-from tests.conftest import ROOT, assert_trees_equal
+from tests.conftest import ROOT, assert_trees_equal, cli_env
 
 SMOKE = f"{ROOT / 'configs' / 'dgm.py'}:smoke"
 
@@ -122,3 +126,14 @@ def test_too_small_images_are_explained():
     config = config_lib.load(SMOKE, ["image_size=8"])
     with pytest.raises(ConfigError, match="image_size=8 is too small"):
         dgm.DGM(config)
+
+
+@pytest.mark.slow
+def test_eight_devices_match_one_device():
+    proc = subprocess.run([sys.executable, "-m", "tests.train.dgm_devices", SMOKE], cwd=ROOT,
+                          env=cli_env(devices=8), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    diffs = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("losses", "g", "d", "ae"):
+        assert diffs[key] < 1e-4, (key, diffs)
+
