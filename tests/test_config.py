@@ -7,7 +7,8 @@ from tests.conftest import ROOT
 
 VARIANTS = {"classifier": ["smoke", "demo", "nih1000", "paper"],
             "convirt": ["smoke", "demo", "covid", "paper", "large"],
-            "dgm": ["smoke", "demo", "nih1000", "jsrt", "paper"]}
+            "dgm": ["smoke", "demo", "nih1000", "jsrt", "paper"],
+            "segment": ["smoke", "lungs", "jsrt"]}
 
 
 @pytest.mark.parametrize("method,variant", [(m, v) for m, vs in VARIANTS.items() for v in vs])
