@@ -39,16 +39,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, image
         raise ConfigError(f"decompose needs a DGM run; {workdir} was trained with method {config.method!r}")
     mesh = parallel.make_mesh()
     method, state, step = common.restore_method(config, workdir, mesh)
-    files, size = io.image_files(images), config.image_size
-    read = [io.read_gray(f, size) for f in files]
-    pixels = np.stack([image[..., None] for image, _ in read])
+    size = config.image_size
+    files, pixels, orig_sizes = io.read_images(images, size)
     masks = lung_masks_for(config, files, pixels, lung_masks)  # Fails before anything is written.
     outputs, _ = common.predict(method.decompose, state, {"image": pixels}, preprocess=method.preprocess_eval,
                                 batch_size=config.batch_size, mesh=mesh)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for i, (file, (_, orig_size), mask) in enumerate(zip(files, read, masks)):
+    for i, (file, orig_size, mask) in enumerate(zip(files, orig_sizes, masks)):
         boxes = saliency.lung_boxes(mask) if mask is not None else []
         found = saliency.saliency(outputs["residue"][i], boxes, method=config.saliency.threshold,
                                   percentile=config.saliency.percentile, polarity=config.saliency.polarity,

@@ -30,9 +30,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, query
         raise ConfigError(f"retrieve needs a ConVIRT run; {workdir} was trained with method {config.method!r}")
     mesh = parallel.make_mesh()
     method, state, step = common.restore_method(config, workdir, mesh)
-    files = io.image_files(images)
-    size = config.image_size
-    pixels = np.stack([io.read_gray(f, size)[0][..., None] for f in files])
+    files, pixels, _ = io.read_images(images, config.image_size)
     image_emb, _ = common.predict(method.embed_images, state, {"image": pixels}, preprocess=method.preprocess_eval,
                                   batch_size=config.batch_size, mesh=mesh)
     text_emb = convirt.embed_texts(method, state, mesh, [query])

@@ -59,15 +59,14 @@ class Segmenter:
 def run(workdir: str | pathlib.Path, *, images: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> list[dict]:
     """Segments every image under `images` and writes its masks and overlay; returns per-image areas."""
     segmenter = Segmenter(workdir)
-    files, size = io.image_files(images), segmenter.config.image_size
-    read = [io.read_gray(f, size) for f in files]
-    masks = segmenter.masks(np.stack([image for image, _ in read]))
+    files = io.image_files(images)
+    originals = [io.decode(f) for f in files]  # Decoded once: squared for the model, kept for the overlays.
+    masks = segmenter.masks(np.stack([io.to_square(a, segmenter.config.image_size)[0] for a in originals]))
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for file, (_, orig_size), mask in zip(files, read, masks):
-        original = io.decode(file)
-        full = np.stack([to_original(mask[..., c], orig_size) for c in range(mask.shape[-1])], -1)
+    for file, original, mask in zip(files, originals, masks):
+        full = np.stack([to_original(mask[..., c], original.shape) for c in range(mask.shape[-1])], -1)
         for c, name in enumerate(segmenter.structures):
             Image.fromarray(full[..., c] * 255).save(out / f"{file.stem}_{name}.png")
         overlay(original, full).save(out / f"{file.stem}_overlay.png")

@@ -88,7 +88,11 @@ def read_gray(path: pathlib.Path, image_size: int, *, mask: bool = False) -> tup
 
     Masks (`mask=True`) are resized with nearest neighbours and returned as 0/1.
     """
-    array = decode(path)
+    return to_square(decode(path), image_size, mask=mask)
+
+
+def to_square(array: np.ndarray, image_size: int, *, mask: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
+    """`read_gray` of an already decoded uint8 array [H, W]."""
     h, w = array.shape
     side = max(h, w)
     if h != w:
@@ -153,6 +157,13 @@ def image_files(paths) -> list[pathlib.Path]:
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {[str(p) for p in paths]}")
     return files
+
+
+def read_images(paths, image_size: int) -> tuple[list[pathlib.Path], np.ndarray, list[tuple[int, int]]]:
+    """The files under `paths` (`image_files`), their uint8 squares [N, S, S, 1] (`read_gray`), original (h, w)."""
+    files = image_files(paths)
+    read = [read_gray(f, image_size) for f in files]
+    return files, np.stack([image[..., None] for image, _ in read]), [size for _, size in read]
 
 
 def read_csv(path: pathlib.Path, required: tuple[str, ...]) -> list[dict[str, str]]:
