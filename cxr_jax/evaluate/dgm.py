@@ -37,7 +37,7 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     data = sources.load(spec, image_size=config.image_size, seed=config.seed)
     keep = np.flatnonzero(data["label"] >= 0)
     key = "image" if "image" in data else "file"
-    outputs, rows = common.predict(method.decompose, state, {key: data[key][keep]},
+    outputs, rows = common.predict(method.anomaly_maps, state, {key: data[key][keep]},
                                    preprocess=method.preprocess_eval, batch_size=config.batch_size, mesh=mesh,
                                    image_size=config.image_size, on_error=spec.on_error)
     picked = {k: v[keep][rows] for k, v in data.items() if k in ("image", "label", "mask_lesion", "mask_lungs", "box")}
@@ -46,11 +46,8 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
                   np.stack([sources.read_gray(f, config.image_size)[0] for f in data["file"][keep][rows]]))
         picked["mask_lungs"] = segment.Segmenter(config.saliency.lung_segmenter).lungs(images)
     result, scored = anomaly_metrics(outputs["residue"][..., 0], picked, config.saliency)
-    if method.autoencoder is not None:  # The baseline's reconstruction error, scored the same way.
-        baseline, _ = common.predict(method.ae_residue, state, {key: data[key][keep][rows]},
-                                     preprocess=method.preprocess_eval, batch_size=config.batch_size, mesh=mesh,
-                                     image_size=config.image_size, on_error=spec.on_error)
-        ae_result, _ = anomaly_metrics(baseline["residue"][..., 0], picked, config.saliency)
+    if "ae_residue" in outputs:  # The baseline's reconstruction error, scored the same way.
+        ae_result, _ = anomaly_metrics(outputs["ae_residue"][..., 0], picked, config.saliency)
         result.update({f"ae_{k}": v for k, v in ae_result.items() if not k.startswith("num_")})
     if "image" in picked:
         _plot_cases(picked, outputs, scored, outdir / "cases.png")

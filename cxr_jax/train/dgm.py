@@ -144,10 +144,13 @@ class DGM:
         return self.generator.apply({"params": self.generator_params(state)}, batch["image"],
                                     method=models.Generator.decompose)
 
-    def ae_residue(self, state: state_lib.TrainState, batch) -> dict[str, jax.Array]:
-        """{'residue': z − AE(z)}: the baseline's anomaly map, signed like DGM's residue."""
-        z = batch["image"]
-        return {"residue": z.astype(jnp.float32) - self.autoencoder.apply({"params": state.params["ae"]}, z)}
+    def anomaly_maps(self, state: state_lib.TrainState, batch) -> dict[str, jax.Array]:
+        """`decompose`'s outputs and, with the baseline, 'ae_residue' = z − AE(z) (signed like r), in one pass."""
+        out = self.decompose(state, batch)
+        if self.autoencoder is not None:
+            z = batch["image"]
+            out["ae_residue"] = z.astype(jnp.float32) - self.autoencoder.apply({"params": state.params["ae"]}, z)
+        return out
 
 
 def normal_composition(batch_size: int, normal_fraction: float) -> tuple[int, int]:
