@@ -75,7 +75,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
 
 
 def _use_nih1000(c: ml_collections.ConfigDict) -> None:
-    """Train on nih1000's train split, evaluate on its valid split (paths relative to the project root)."""
+    """Train → valid on nih1000, split by patient (`load_nih1000` says why); paths from the project root."""
     c.data.train.source = c.data.eval.source = "nih1000"
     c.data.train.path = c.data.eval.path = "../shared/data/nih1000"
     c.data.train.num_examples = c.data.eval.num_examples = 0
+    c.data.train.patient_split = c.data.eval.patient_split = True

@@ -36,6 +36,7 @@ def data_spec(source: str, split: str) -> ml_collections.ConfigDict:
     spec.source = source
     spec.path = None  # A directory in the source's layout; None for the phantom.
     spec.split = split
+    spec.patient_split = False  # nih1000: split by a hash of patient_id instead of the CSV's split column.
     spec.num_examples = 0  # 0: all of the split (phantom: must be set).
     spec.uncertain = "zeros"  # CheXpert-style -1 labels: zeros | ones | ignore (kept as -1).
     spec.frontal_only = True  # Drop lateral views where a layout records the view.

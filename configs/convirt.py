@@ -122,6 +122,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
 
 
 def _probe_on_nih1000(c: ml_collections.ConfigDict) -> None:
-    """Linear probes on ../shared/data/nih1000: its train split → its valid split."""
+    """Linear probes on ../shared/data/nih1000: train → valid, split by patient (`load_nih1000`)."""
     for spec, split in ((c.probe.train, "train"), (c.probe.eval, "valid")):
         spec.source, spec.path, spec.split, spec.num_examples = "nih1000", "../shared/data/nih1000", split, 0
+        spec.patient_split = True

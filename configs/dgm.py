@@ -100,3 +100,5 @@ def _use_shared(c: ml_collections.ConfigDict, source: str, *, train_split: str, 
     c.data.train.path = c.data.eval.path = f"../shared/data/{source}"
     c.data.train.split, c.data.eval.split = train_split, eval_split
     c.data.train.num_examples = c.data.eval.num_examples = 0
+    # nih1000's shipped splits share patients (see `sources.shared.load_nih1000`): split by patient instead.
+    c.data.train.patient_split = c.data.eval.patient_split = source == "nih1000"

@@ -47,6 +47,23 @@ def test_nih1000_finding_labels_become_findings(tmp_path):
         sources.load(_spec("nih1000", str(tmp_path)), image_size=8, seed=0)
 
 
+def test_nih1000_patient_split_keeps_each_patient_on_one_side(tmp_path):
+    rows = [(f"images/{i}.png", "train" if i % 2 else "valid", str(i % 2), str(i // 3)) for i in range(60)]
+    _write_nih(tmp_path, rows, header="image,split,abnormal,patient_id")
+    for i in range(60):
+        _png(tmp_path / "images" / f"{i}.png")
+    sides = {}
+    for split in ("train", "valid"):
+        names = sources.load(data_spec("nih1000", tmp_path, split, patient_split=True), image_size=8, seed=0)["name"]
+        sides[split] = {int(n[7:-4]) // 3 for n in names}  # images/<i>.png → patient i // 3.
+        assert len(names) == 3 * len(sides[split])  # Every image of each chosen patient.
+        assert sides[split] == {p for p in range(20) if sources.io.in_split(str(p), split)}
+    assert not sides["train"] & sides["valid"] and len(sides["train"] | sides["valid"]) == 20
+    _write_nih(tmp_path, rows[:1], header="image,split,abnormal")
+    with pytest.raises(sources.DataError, match="missing required column"):
+        sources.load(data_spec("nih1000", tmp_path, "train", patient_split=True), image_size=8, seed=0)
+
+
 @pytest.mark.parametrize("problem,message", [
     ("missing_column", "missing required column"),
     ("missing_file", "image file is missing"),
@@ -55,7 +72,7 @@ def test_nih1000_finding_labels_become_findings(tmp_path):
     ("corrupt", "cannot decode image"),
     ("truncated", "cannot decode image"),
     ("bad_label", "abnormal must be 0 or 1"),
-    ("no_rows", "no rows with split"),
+    ("no_rows", "no rows in split 'train'"),
 ])
 def test_nih1000_bad_input_names_the_file(tmp_path, problem, message):
     header = "image,split" if problem == "missing_column" else "image,split,abnormal"
