@@ -13,7 +13,7 @@ from cxr_jax import config as config_lib
 from cxr_jax import parallel
 from cxr_jax.data import sources
 from cxr_jax.train import convirt, loop
-from tests.conftest import ROOT, cli_env, image_folder
+from tests.conftest import ROOT, cli_env, data_spec, image_folder
 
 SMOKE = f"{ROOT / 'configs' / 'convirt.py'}:smoke"
 
@@ -84,9 +84,7 @@ def test_each_example_draws_one_of_its_sentences(smoke):
 def test_source_without_text_is_a_clear_error(smoke, tmp_path):
     _, method, _ = smoke
     image_folder(tmp_path)
-    examples = sources.load(convirt.ml_collections.ConfigDict(
-        dict(source="nih1000", path=str(tmp_path), split="train", num_examples=0, uncertain="zeros",
-             frontal_only=True, on_error="raise", stream=False)), image_size=32, seed=0)
+    examples = sources.load(data_spec("nih1000", tmp_path, "train"), image_size=32, seed=0)
     with pytest.raises(sources.DataError, match="'nih1000' has no image–text pairs"):
         convirt.paired_examples(examples, method.tokenizer, method.config.text, "nih1000")
 
