@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from cxr_jax.data import augment, pipeline, sources
 from cxr_jax.methods import METHODS
@@ -101,19 +100,12 @@ def _input_rate(batches, batch_size: int, num: int) -> float:
 
 
 def _pipelines() -> dict:
-    """Per-example tf.data functions of (uint8 image, seed), by name: decoding, ConVIRT's and LD's views."""
+    """Per-example tf.data functions of (uint8 image, seed) → dict, by name: decoding, ConVIRT's and LD's views."""
     convirt, ld = augment.augment_config("convirt"), augment.augment_config("ld")
-
-    def ld_views(image, seed):  # One image's two views as LD draws them: shared base, own jitter, view 2 turned.
-        s = tf.unstack(augment.split_seed(seed, 4))
-        base = augment.ld_base(image, s[0], ld)
-        turned = augment.rot_flip(augment.ld_jitter(base, s[2], ld), k=2, flip=True)
-        return tf.stack([augment.ld_jitter(base, s[1], ld), turned])
-
     return {
-        "decode": lambda image, seed: augment.to_unit(image),
-        "convirt": lambda image, seed: augment.convirt_view(augment.to_unit(image), seed, convirt),
-        "ld": lambda image, seed: ld_views(augment.to_unit(image), seed),
+        "decode": lambda image, seed: {"image": augment.to_unit(image)},
+        "convirt": lambda image, seed: {"image": augment.convirt_view(augment.to_unit(image), seed, convirt)},
+        "ld": lambda image, seed: augment.ld_views(augment.to_unit(image), seed, ld),
     }
 
 
@@ -127,7 +119,7 @@ def run_data(config: ml_collections.ConfigDict, *, num_batches: int = 20) -> dic
               "num_images": len(data["image"]), "load_images_per_sec": len(data["image"]) / (time.perf_counter() - t0)}
     examples, preprocess = METHODS[config.method](config).train_data()  # The method's own pipeline, in full.
     result[f"{config.method}_images_per_sec"] = _pipeline_rate(examples, preprocess, config, num_batches)
-    pipelines = {name: (lambda e, fn=fn: {"image": fn(e["image"], e["seed"])}) for name, fn in _pipelines().items()}
+    pipelines = {name: (lambda e, fn=fn: fn(e["image"], e["seed"])) for name, fn in _pipelines().items()}
     for name, preprocess in pipelines.items():
         result[f"{name}_images_per_sec"] = _pipeline_rate({"image": data["image"]}, preprocess, config, num_batches)
     if "file" in data:  # Sources read from files can also stream them.

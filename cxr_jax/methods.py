@@ -4,13 +4,14 @@ from cxr_jax.evaluate import classifier as classifier_eval
 from cxr_jax.evaluate import convirt as convirt_eval
 from cxr_jax.evaluate import dgm as dgm_eval
 from cxr_jax.evaluate import segment as segment_eval
-from cxr_jax.train import classifier, convirt, dgm, segment
+from cxr_jax.train import classifier, convirt, dgm, ld, segment
 
 # name -> class built from (config, mesh), with train_data(), init(rng, batch), train_step(state, batch).
 METHODS = {
     "classifier": classifier.Classifier,
     "convirt": convirt.ConVIRT,
     "dgm": dgm.DGM,
+    "ld": ld.LD,
     "segment": segment.Segment,
 }
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 VGG16_TINY = (16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 128, 128, 128, "M", 128, 128, 128)
 
 # PyTorch's kaiming_normal_(mode='fan_out', nonlinearity='relu'), as the official code initialises convs.
-_KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class ConvBNReLU(nn.Module):
@@ -30,7 +30,7 @@ class ConvBNReLU(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """[B, H, W, C_in] → [B, H, W, features]; `train` uses and updates the batch statistics."""
-        x = nn.Conv(self.features, (3, 3), padding=1, kernel_init=_KAIMING_FAN_OUT, dtype=self.dtype)(x)
+        x = nn.Conv(self.features, (3, 3), padding=1, kernel_init=KAIMING_FAN_OUT, dtype=self.dtype)(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x)
         return nn.relu(x)
 
@@ -57,11 +57,12 @@ class VGGEncoder(nn.Module):
 class UNetDecoder(nn.Module):
     """From the coarsest stage up: nearest ×2, concatenate the skip, two conv–BN–ReLU per level.
 
-    `widths[i]` are the two convs' channels at the i-th level from the coarsest; the official decoder's
-    channel_num=[128, 128, 64, 32, 16] gives ((128, 64), (64, 32), (32, 16), (16, 16)).
+    `widths[i]` are the convs' channels at the i-th level from the coarsest; the official decoder's
+    channel_num=[128, 128, 64, 32, 16] gives ((128, 64), (64, 32), (32, 16), (16, 16)). An empty last level,
+    (), returns the concatenation itself, as LD's official decoder does before its heads.
     """
 
-    widths: Sequence[tuple[int, int]] = ((128, 64), (64, 32), (32, 16), (16, 16))
+    widths: Sequence[tuple[int, ...]] = ((128, 64), (64, 32), (32, 16), (16, 16))
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -70,11 +71,11 @@ class UNetDecoder(nn.Module):
         *skips, x = stages
         if len(skips) != len(self.widths):
             raise ValueError(f"the decoder has {len(self.widths)} levels but the encoder gave {len(skips)} skips")
-        for skip, (first, second) in zip(reversed(skips), self.widths):
+        for skip, level in zip(reversed(skips), self.widths):
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
             x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
-            x = ConvBNReLU(first, self.dtype)(x, train)
-            x = ConvBNReLU(second, self.dtype)(x, train)
+            for width in level:
+                x = ConvBNReLU(width, self.dtype)(x, train)
         return x
 
 
@@ -113,7 +114,7 @@ class Segmenter(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Images [B, H, W, C] → logits [B, H, W, num_classes]."""
         features = UNet(self.layers, self.widths, self.dtype, name="unet")(x, train)
-        logits = nn.Conv(self.num_classes, (3, 3), padding=1, kernel_init=_KAIMING_FAN_OUT, dtype=self.dtype,
+        logits = nn.Conv(self.num_classes, (3, 3), padding=1, kernel_init=KAIMING_FAN_OUT, dtype=self.dtype,
                          name="head")(features)
         return logits.astype(jnp.float32)
 

@@ -41,12 +41,7 @@ class Segment:
     def train_data(self):
         """Images and their [S, S, C] masks from `data.train` and `data.extra_train`, and the augmentation."""
         specs = [self.config.data.train, *self.config.data.extra_train.values()]
-        parts = [self.examples(spec) for spec in specs]
-        keys = {frozenset(p) for p in parts}
-        if len(keys) > 1:
-            raise sources.DataError("training sets mix streamed (file) and in-memory (image) examples; set "
-                                    "data.*.stream the same for data.train and data.extra_train")
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, self.preprocess_train
+        return sources.concatenate([self.examples(spec) for spec in specs]), self.preprocess_train
 
     def examples(self, spec: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
         """`image` (or `file`) and `masks` uint8 [N, S, S, C] of one set, in `model.structures` order."""

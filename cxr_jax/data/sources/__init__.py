@@ -26,7 +26,7 @@ from cxr_jax.data import phantom
 from cxr_jax.data.sources import mimic, public, rsna, shared
 from cxr_jax.data.sources.io import DataError, read_gray
 
-__all__ = ["DataError", "SOURCES", "describe", "labelled_images", "load", "read_gray"]
+__all__ = ["DataError", "SOURCES", "concatenate", "describe", "images_only", "labelled_images", "load", "read_gray"]
 
 
 def load(spec: ml_collections.ConfigDict, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
@@ -46,6 +46,22 @@ def load_phantom(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     data = phantom.generate(spec.num_examples, image_size=image_size, seed=seed * 3 + split_seed)
     data["orig_size"] = np.full((spec.num_examples, 2), image_size, np.int32)
     return data
+
+
+def images_only(data: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """Just the `image` (or, streamed, `file`) of every example: self-supervised training needs no labels."""
+    key = "image" if "image" in data else "file"
+    if key not in data:
+        raise DataError(f"data source {source!r} has no images")
+    return {key: data[key]}
+
+
+def concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Examples of several sets as one (the same keys in each: all streamed or all in memory)."""
+    if len({frozenset(p) for p in parts}) > 1:
+        raise DataError("training sets mix streamed (file) and in-memory (image) examples, or carry different "
+                        f"fields ({[sorted(p) for p in parts]}); set data.*.stream the same for every set")
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def labelled_images(data: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:

@@ -47,7 +47,7 @@ def load_nih1000(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
                 if in_split(r["patient_id"], spec.split)]
     else:
         rows = [(line, r) for line, r in enumerate(read_csv(meta, ("image", "split", "abnormal")), start=2)
-                if r["split"] == spec.split]
+                if spec.split in ("all", r["split"])]
     if not rows:
         raise DataError(f"{meta}: no rows in split {spec.split!r}" + (" (by patient)" if spec.patient_split else ""))
     rows = first(rows, spec)

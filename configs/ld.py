@@ -1,0 +1,85 @@
+r"""LD: unsupervised local discrimination (Chen et al., TPAMI 2023) on a VGG16-bn-tiny U-Net.
+
+One run trains both stages: patch discrimination + mixup until `loss.stage1_steps`, then all four losses.
+`batch_size` counts images; rows i and i + B/2 are the official code's image pair, so the paper's batch of
+4 pairs is batch_size=8.
+
+Variants:
+  smoke:  seconds; a narrow network on 32 px phantom images (tests).
+  demo:   the official network on 64 px phantom images, a few minutes on 2 CPU cores.
+  cxr:    the images of ../shared/data (jsrt, nih1000, openist; every split) at 128 px.
+  paper:  the official setting: 448 px, batch 4 pairs, Adam 1e-3 halved every 10k steps, 20k + 80k steps.
+
+Run:
+  cxr-jax train --config configs/ld.py:demo --workdir workdirs/ld
+  cxr-jax bench --config configs/ld.py:paper
+"""
+
+import ml_collections
+
+from configs import common
+from cxr_jax.data import augment
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    """Returns the LD config for variant `arg` (smoke, demo, cxr, paper)."""
+    c = common.base("ld")
+    c.batch_size = 8
+    c.model = ml_collections.ConfigDict()
+    c.model.embed_dim = 32  # D: the embedding head's channels (unit length per pixel).
+    c.model.num_clusters = 16  # K: the clustering head's channels.
+    c.model.layers = (16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 128, 128, 128, "M", 128, 128, 128)
+    c.model.widths = ((128, 64), (64, 32), (32, 16), ())  # Decoder convs per level; the last only concatenates.
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.grid = 8  # Patches per side for patch discrimination and mixup (the official region_output_size).
+    c.loss.temperature = 0.1  # Patch discrimination and mixup.
+    c.loss.region_temperature = 0.2
+    c.loss.patch, c.loss.mixup, c.loss.region, c.loss.entropy = 1.0, 1.0, 10.0, 0.1
+    c.loss.stage1_steps = 50  # Region and entropy terms count from this step on.
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-3
+    c.optim.halve_every = 10_000  # Steps (the official 10 epochs of 1000 iterations).
+
+    c.augment = augment.augment_config("ld")
+    c.data.extra_train = ml_collections.ConfigDict()  # More training sets (name → data spec), concatenated.
+    c.data.train.num_examples = 512
+    c.data.eval.num_examples = 64
+
+    if arg == "smoke":
+        common.smoke(c)
+        c.model.update(embed_dim=8, num_clusters=4)
+        c.model.layers = (4, "M", 8, "M", 8, "M", 8, "M", 8)
+        c.model.widths = ((8, 8), (8, 8), (8, 4), ())
+        c.loss.grid = 4
+        c.loss.stage1_steps = 3
+    elif arg == "demo":
+        c.train.num_steps = 600
+        c.train.log_every = 25
+        c.train.checkpoint_every = 100
+        c.loss.stage1_steps = 200
+    elif arg == "cxr":
+        c.image_size = 128
+        _shared(c.data.train, "jsrt")
+        for source in ("nih1000", "openist"):
+            c.data.extra_train[source] = common.data_spec(source, "all")
+            _shared(c.data.extra_train[source], source)
+        c.train.num_steps = 2000
+        c.train.log_every = 50
+        c.train.checkpoint_every = 250
+        c.loss.stage1_steps = 800
+    elif arg == "paper":
+        c.image_size = 448
+        c.train.num_steps = 100_000
+        c.train.log_every = 100
+        c.train.checkpoint_every = 1000
+        c.loss.stage1_steps = 20_000
+    else:
+        raise ValueError(f"unknown ld variant {arg!r}; expected smoke, demo, cxr or paper")
+    return c
+
+
+def _shared(spec: ml_collections.ConfigDict, source: str) -> None:
+    """Every image of a set of ../shared/data (path relative to the project root)."""
+    spec.source, spec.path, spec.split, spec.num_examples = source, f"../shared/data/{source}", "all", 0

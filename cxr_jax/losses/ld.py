@@ -1,0 +1,87 @@
+"""LD's losses, as the official code (HuaiChen-1994/LDLearning) defines them.
+
+Notation: Z [N, H, W, D] unit pixel embeddings, A [N, H, W, K] cluster assignments (sum 1 over K).
+
+- Patch discrimination: Z average-pooled to a g×g grid and rescaled to unit length; each patch's positive is
+  the same patch in the image's other view, every other patch of the batch (either view) is a negative.
+  The criterion is the invariance-spreading loss of Ye et al. (CVPR 2019) that the official `BatchCriterion`
+  implements: with s_ij = x_i·sg(x_j)/T and P_ij = exp(s_ij) / Σ_{l≠i} exp(s_il),
+      L = −(1/M) Σ_i [log P_{i,pos(i)} + Σ_{j∉{i,pos(i)}} log(1 − P_ij)]
+  over all M rows; gradients reach only the query side (sg = stop-gradient on the keys).
+- Mixup: the same criterion between the patches of a mixed image w·x₁ + (1−w)·x₂ and the (stopped) unit
+  mix of the two images' patch features w·p₁ + (1−w)·p₂.
+- Region discrimination: region embeddings r_nk = unit(mean_p A_nkp Z_np), batch centres c_k = unit(mean_n
+  r_nk), and a softmax over centres at τ = 0.2: L = −mean_{n,k} log softmax_j(r_nk·c_j/τ)_k.
+- Entropy: the mean binary entropy (bits) of every assignment A_nkp, pushing each towards 0 or 1.
+
+Means, not sums, everywhere (as the official code), so the weights 1, 1, 10, 0.1 keep their meaning at any
+batch, grid or image size.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cxr_jax.losses.contrastive import l2_normalize
+
+
+def patch_features(embedding: jax.Array, *, grid: int) -> jax.Array:
+    """[N, H, W, D] → unit [N, grid, grid, D] means over grid×grid equal windows (H, W divisible by grid)."""
+    n, h, w, d = embedding.shape
+    if h % grid or w % grid:
+        raise ValueError(f"a {h}×{w} map does not split into a {grid}×{grid} grid of equal patches")
+    pooled = embedding.astype(jnp.float32).reshape(n, grid, h // grid, grid, w // grid, d).mean(axis=(2, 4))
+    return l2_normalize(pooled)
+
+
+def invariance_spreading(rows: jax.Array, *, temperature: float) -> jax.Array:
+    """The criterion above for [M, D] unit rows whose positives are i ↔ i ± M/2 (first half ↔ second half)."""
+    m = rows.shape[0]
+    rows = rows.astype(jnp.float32)
+    scores = rows @ jax.lax.stop_gradient(rows).T / temperature
+    self_mask = jnp.eye(m, dtype=bool)
+    log_p = scores - jax.nn.logsumexp(jnp.where(self_mask, -jnp.inf, scores), axis=1, keepdims=True)
+    positive = jnp.roll(jnp.eye(m, dtype=bool), m // 2, axis=1)
+    log_pos = jnp.sum(jnp.where(positive, log_p, 0.0), axis=1)
+    log_not = jnp.log1p(-jnp.exp(jnp.minimum(log_p, -1e-7)))  # log(1 − P), P < 1 kept finite.
+    negatives = jnp.sum(jnp.where(self_mask | positive, 0.0, log_not), axis=1)
+    return -jnp.mean(log_pos + negatives)
+
+
+def patch_discrimination(*, view1: jax.Array, view2: jax.Array, temperature: float = 0.1) -> jax.Array:
+    """Patches [N, g, g, D] of two views, aligned (view2's grid already un-rotated): patch i ↔ same patch."""
+    d = view1.shape[-1]
+    return invariance_spreading(jnp.concatenate([view1.reshape(-1, d), view2.reshape(-1, d)]),
+                                temperature=temperature)
+
+
+def mixup(*, mixed: jax.Array, first: jax.Array, second: jax.Array, weight: jax.Array,
+          temperature: float = 0.1) -> jax.Array:
+    """Patches [N, g, g, D] of mixed images vs the stopped unit mix of their sources' patches (weight [N])."""
+    w = weight.astype(jnp.float32)[:, None, None, None]
+    target = jax.lax.stop_gradient(l2_normalize(w * first + (1.0 - w) * second))
+    d = mixed.shape[-1]
+    return invariance_spreading(jnp.concatenate([mixed.reshape(-1, d), target.reshape(-1, d)]),
+                                temperature=temperature)
+
+
+def region_embeddings(*, embedding: jax.Array, assignment: jax.Array) -> jax.Array:
+    """r_nk = unit(mean_p A_nkp Z_np): [N, H, W, D], [N, H, W, K] → [N, K, D]."""
+    n, h, w, _ = embedding.shape
+    summed = jnp.einsum("nhwk,nhwd->nkd", assignment.astype(jnp.float32), embedding.astype(jnp.float32))
+    return l2_normalize(summed / (h * w))
+
+
+def region_discrimination(regions: jax.Array, *, temperature: float = 0.2) -> jax.Array:
+    """Each region [N, K, D] against the K batch centres: cross-entropy towards its own cluster's centre."""
+    centres = l2_normalize(jnp.mean(regions, axis=0))
+    logits = jnp.einsum("nkd,jd->nkj", regions, centres) / temperature
+    own = jnp.diagonal(jax.nn.log_softmax(logits, axis=-1), axis1=1, axis2=2)  # [N, K]
+    return -jnp.mean(own)
+
+
+def binary_entropy(assignment: jax.Array) -> jax.Array:
+    """Mean over all entries of −a log₂ a − (1 − a) log₂(1 − a) (the official `loss_entropy`)."""
+    a = assignment.astype(jnp.float32)
+    return jnp.mean(-a * jnp.log2(a + 1e-30) - (1.0 - a) * jnp.log2(1.0 - a + 1e-30))

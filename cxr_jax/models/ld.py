@@ -1,0 +1,63 @@
+"""LD's network (Chen et al., TPAMI 2023): a VGG16-bn-tiny U-Net with an embedding and a clustering head.
+
+As in the official code, the decoder's last level only up-samples and concatenates the finest skip; each head
+is conv–BN–ReLU → conv on that map. The embedding head gives per-pixel features scaled to unit length; the
+clustering head gives per-pixel soft assignments to K clusters (a sigmoid per cluster, then divided by their
+sum so they add up to one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cxr_jax.models import unet
+
+# The official decoder: three conv levels, then up-sample + concatenate only (the heads' input).
+LD_WIDTHS = ((128, 64), (64, 32), (32, 16), ())
+
+
+class Head(nn.Module):
+    """conv3×3–BN–ReLU → conv3×3 with `features` channels each (the official embedding/clustering branch)."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """[B, H, W, C] → [B, H, W, features] in float32."""
+        x = unet.ConvBNReLU(self.features, self.dtype)(x, train)
+        x = nn.Conv(self.features, (3, 3), padding=1, kernel_init=unet.KAIMING_FAN_OUT, dtype=self.dtype)(x)
+        return x.astype(jnp.float32)
+
+
+class LDNet(nn.Module):
+    """Images [B, H, W, C] → {'embedding': [B, H, W, D] unit vectors, 'assignment': [B, H, W, K] summing to 1}.
+
+    H and W must be divisible by 2^(number of pools). `encoder` has the same layout as `unet.UNet`'s, so a
+    segmenter can start from it.
+    """
+
+    embed_dim: int = 32
+    num_clusters: int = 16
+    layers: Sequence[int | str] = unet.VGG16_TINY
+    widths: Sequence[tuple[int, ...]] = LD_WIDTHS
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        """Named submodules: `encoder`, `decoder`, `embed`, `cluster`."""
+        self.encoder = unet.VGGEncoder(self.layers, self.dtype)
+        self.decoder = unet.UNetDecoder(self.widths, self.dtype)
+        self.embed = Head(self.embed_dim, self.dtype)
+        self.cluster = Head(self.num_clusters, self.dtype)
+
+    def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        """Both heads on the decoder's full-resolution map."""
+        features = self.decoder(self.encoder(x, train), train)
+        embedding = self.embed(features, train)
+        embedding = embedding * jax.lax.rsqrt(jnp.maximum(jnp.sum(embedding**2, -1, keepdims=True), 1e-24))
+        scores = jax.nn.sigmoid(self.cluster(features, train))
+        return {"embedding": embedding, "assignment": scores / jnp.sum(scores, -1, keepdims=True)}

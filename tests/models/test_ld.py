@@ -1,0 +1,35 @@
+"""LD's network: the official head layout on the U-Net, unit embeddings, assignments summing to one."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cxr_jax.models import ld as ld_model
+
+
+def test_heads_give_unit_embeddings_and_normalised_assignments():
+    net = ld_model.LDNet(embed_dim=6, num_clusters=5, layers=(4, "M", 8, "M", 8), widths=((8, 4), ()))
+    x = jax.random.normal(jax.random.key(1), (3, 16, 16, 1))
+    variables = net.init(jax.random.key(0), x)
+    out, _ = net.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert out["embedding"].shape == (3, 16, 16, 6) and out["assignment"].shape == (3, 16, 16, 5)
+    np.testing.assert_allclose(jnp.linalg.norm(out["embedding"], axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out["assignment"].sum(-1), 1.0, rtol=1e-5)
+    assert float(out["assignment"].min()) > 0
+    assert set(variables["params"]) == {"encoder", "decoder", "embed", "cluster"}
+
+
+def test_parameter_count_matches_the_official_decoder_and_branches():
+    def conv(cin, cout):
+        return 9 * cin * cout + cout
+
+    def conv_bn(cin, cout):
+        return conv(cin, cout) + 2 * cout
+
+    encoder = [(1, 16), (16, 16), (16, 32), (32, 32), (32, 64), (64, 64), (64, 64), (64, 128), (128, 128),
+               (128, 128), (128, 128), (128, 128), (128, 128)]
+    decoder = [(256, 128), (128, 64), (128, 64), (64, 32), (64, 32), (32, 16)]  # Official channel_list.
+    branches = conv_bn(32, 32) + conv(32, 32) + conv_bn(32, 16) + conv(16, 16)  # Embedding D=32, clusters K=16.
+    want = sum(conv_bn(*c) for c in encoder + decoder) + branches
+    variables = ld_model.LDNet().init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    assert sum(x.size for x in jax.tree.leaves(variables["params"])) == want

@@ -1,0 +1,90 @@
+"""LD pre-training: views whose patches line up, the two stages, the step."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cxr_jax import config as config_lib
+from cxr_jax import parallel
+from cxr_jax.config import ConfigError
+from cxr_jax.data import augment
+from cxr_jax.train import ld, loop
+from tests.conftest import ROOT
+
+SMOKE = f"{ROOT / 'configs' / 'ld.py'}:smoke"
+
+
+def _pool(images, grid):
+    """[N, S, S, C] → [N, grid, grid, C] patch means."""
+    n, s, _, c = images.shape
+    return np.asarray(images).reshape(n, grid, s // grid, grid, s // grid, c).mean(axis=(2, 4))
+
+
+def test_align_view2_undoes_every_turn_of_a_planted_pattern():
+    image = np.zeros((16, 16, 1), np.float32)
+    image[0:4, 4:8] = 1.0  # Patch (row 0, col 1) of a 4×4 grid…
+    image[8:12, 12:16] = 0.5  # …and a dimmer one at (2, 3), so no turn maps the pattern onto itself.
+    want = _pool(image[None], 4)
+    for k in range(4):
+        for flip in (0, 1):
+            turned = augment.rot_flip(tf.constant(image), k=k, flip=flip).numpy()
+            if (k + 2 * flip) % 4:  # Flipping both axes is a 180° turn: the official 8 draws are 4 rotations.
+                assert not np.array_equal(_pool(turned[None], 4), want)
+            back = ld.align_view2(jnp.asarray(_pool(turned[None], 4)), k=jnp.array([k]), flip=jnp.array([flip]))
+            np.testing.assert_array_equal(back, want)
+
+
+def test_views_without_jitter_line_up_after_alignment():
+    overrides = ["augment.base_degrees=0.0", "augment.view_degrees=0.0", "augment.crop_area=(1.0, 1.0)",
+                 "augment.brightness=(1.0, 1.0)", "augment.contrast=(1.0, 1.0)"]
+    method = ld.LD(config_lib.load(SMOKE, overrides))
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 1)).astype(np.uint8)
+    turns = set()
+    for i in range(12):
+        out = method.preprocess_train({"image": tf.constant(image), "seed": tf.constant([1, i], tf.int64)})
+        turns.add((int(out["k"]), int(out["flip"])))
+        assert 0.2 <= float(out["mix"]) <= 0.8
+        v1, v2 = _pool(out["view1"].numpy()[None], 4), _pool(out["view2"].numpy()[None], 4)
+        back = ld.align_view2(jnp.asarray(v2), k=out["k"].numpy()[None], flip=out["flip"].numpy()[None])
+        np.testing.assert_allclose(back, v1, atol=1e-5)
+        flips = [image, image[:, ::-1], image[::-1], image[::-1, ::-1]]  # The base's shared random flips.
+        assert any(np.allclose(out["view1"].numpy(), f / 127.5 - 1, atol=1e-5) for f in flips)
+    assert len(turns) >= 5  # The turn is drawn per example.
+
+
+def test_stage_one_leaves_the_clustering_head_alone_and_stage_two_trains_it():
+    config = config_lib.load(SMOKE)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    s = loop.setup(config, mesh=mesh)
+    try:
+        step_fn = jax.jit(chex.assert_max_traces(s.method.train_step, n=1))
+        state = s.init_fn(jax.random.key(0), s.first_batch)
+        before = state.params["model"]["cluster"]
+        one, metrics = step_fn(state, s.first_batch)
+        chex.assert_trees_all_equal(one.params["model"]["cluster"], before)
+        assert float(metrics["stage"]) == 1
+        c = config.loss
+        np.testing.assert_allclose(metrics["loss"], c.patch * metrics["patch"] + c.mixup * metrics["mixup"],
+                                   rtol=1e-6)
+        late = state.replace(step=jnp.full_like(state.step, c.stage1_steps))
+        two, metrics = step_fn(late, s.first_batch)
+        assert not np.allclose(two.params["model"]["cluster"]["Conv_0"]["kernel"], before["Conv_0"]["kernel"])
+        assert float(metrics["stage"]) == 2
+        want = (c.patch * metrics["patch"] + c.mixup * metrics["mixup"] + c.region * metrics["region"]
+                + c.entropy * metrics["entropy"])
+        np.testing.assert_allclose(metrics["loss"], want, rtol=1e-6)
+        for _ in range(6):  # The same batch: the patch loss falls.
+            two, later = step_fn(two, s.first_batch)
+        assert float(later["patch"]) < float(metrics["patch"])
+    finally:
+        s.batches.close()
+
+
+def test_bad_sizes_are_config_errors():
+    with pytest.raises(ConfigError, match="batch_size=7 must be even"):
+        ld.LD(config_lib.load(SMOKE, ["batch_size=7"]))
+    with pytest.raises(ConfigError, match="loss.grid=5"):
+        ld.LD(config_lib.load(SMOKE, ["loss.grid=5"]))
