@@ -7,11 +7,14 @@ One run trains both stages: patch discrimination + mixup until `loss.stage1_step
 Variants:
   smoke:  seconds; a narrow network on 32 px phantom images (tests).
   demo:   the official network on 64 px phantom images, a few minutes on 2 CPU cores.
-  cxr:    the images of ../shared/data (jsrt, nih1000, openist; every split) at 128 px.
+  cxr:    the images of ../shared/data (jsrt train; nih1000, openist) at 128 px; landmarks on jsrt valid
+          from one jsrt train template.
   paper:  the official setting: 448 px, batch 4 pairs, Adam 1e-3 halved every 10k steps, 20k + 80k steps.
 
 Run:
   cxr-jax train --config configs/ld.py:demo --workdir workdirs/ld
+  cxr-jax evaluate --config configs/ld.py:demo --workdir workdirs/ld
+  cxr-jax landmarks --workdir workdirs/ld --template T.png --template-landmarks T.csv --out DIR IMAGES...
   cxr-jax bench --config configs/ld.py:paper
 """
 
@@ -42,10 +45,18 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.optim.learning_rate = 1e-3
     c.optim.halve_every = 10_000  # Steps (the official 10 epochs of 1000 iterations).
 
+    c.landmarks = ml_collections.ConfigDict()  # One-shot localisation (`cxr_jax.landmarks`), in model pixels.
+    c.landmarks.sigma = 4.0  # Centre-sensitive averaging: the Gaussian's σ.
+    c.landmarks.refine = 2  # Refine the best pixel to a centroid over a (2r + 1)² window; 0: plain argmax.
+    c.landmarks.refine_temperature = 0.05  # Of the softmax over the window's cosine scores.
+    c.landmarks.ncc_patch = 15  # Side of the raw-intensity patch the ncc baseline matches (odd).
+
     c.augment = augment.augment_config("ld")
     c.data.extra_train = ml_collections.ConfigDict()  # More training sets (name → data spec), concatenated.
     c.data.train.num_examples = 512
     c.data.eval.num_examples = 64
+    c.data.template = common.data_spec("phantom", "test")  # Its first image with landmarks is the template.
+    c.data.template.num_examples = 1
 
     if arg == "smoke":
         common.smoke(c)
@@ -54,6 +65,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.model.widths = ((8, 8), (8, 8), (8, 4), ())
         c.loss.grid = 4
         c.loss.stage1_steps = 3
+        c.landmarks.update(sigma=1.5, ncc_patch=5)
     elif arg == "demo":
         c.train.num_steps = 600
         c.train.log_every = 25
@@ -61,7 +73,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.loss.stage1_steps = 200
     elif arg == "cxr":
         c.image_size = 128
-        _shared(c.data.train, "jsrt")
+        _shared(c.data.train, "jsrt", "train")  # Queries (jsrt valid) stay unseen, even without labels.
+        _shared(c.data.eval, "jsrt", "valid")
+        _shared(c.data.template, "jsrt", "train")
+        c.data.template.num_examples = 1
         for source in ("nih1000", "openist"):
             c.data.extra_train[source] = common.data_spec(source, "all")
             _shared(c.data.extra_train[source], source)
@@ -71,6 +86,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.loss.stage1_steps = 800
     elif arg == "paper":
         c.image_size = 448
+        c.landmarks.update(sigma=14.0, ncc_patch=53)  # The 128 px values, scaled.
         c.train.num_steps = 100_000
         c.train.log_every = 100
         c.train.checkpoint_every = 1000
@@ -80,6 +96,6 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     return c
 
 
-def _shared(spec: ml_collections.ConfigDict, source: str) -> None:
-    """Every image of a set of ../shared/data (path relative to the project root)."""
-    spec.source, spec.path, spec.split, spec.num_examples = source, f"../shared/data/{source}", "all", 0
+def _shared(spec: ml_collections.ConfigDict, source: str, split: str = "all") -> None:
+    """A split of a set of ../shared/data (path relative to the project root)."""
+    spec.source, spec.path, spec.split, spec.num_examples = source, f"../shared/data/{source}", split, 0

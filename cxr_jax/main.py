@@ -200,6 +200,24 @@ def _data(args, config) -> int:
     return 0
 
 
+def _add_landmarks(parser: argparse.ArgumentParser) -> None:
+    _add_run(parser, "LD")  # --config.landmarks.* overrides the run's localisation settings.
+    parser.add_argument("--template", required=True, help="the one labelled image")
+    parser.add_argument("--template-landmarks", required=True, help="its structure,index,x,y CSV (its pixels)")
+    parser.add_argument("images", nargs="+", help="image files or directories (searched recursively)")
+    parser.add_argument("--out", required=True, help="directory for the CSVs and overlays")
+
+
+def _landmarks(args, config) -> int:
+    from cxr_jax import landmarks
+
+    records = landmarks.run(config, args.workdir, template=args.template, template_landmarks=args.template_landmarks,
+                            images=args.images, out=args.out)
+    print(f"wrote {args.out}: NAME.csv (structure,index,x,y in NAME's pixels) and NAME_landmarks.png for "
+          f"{len(records)} images")
+    return 0
+
+
 # name -> (help, add arguments, run(args, config or None) -> exit code). Commands with --config get it loaded
 # (commands on a trained run, `_add_run`, the run's own config when --config is absent).
 COMMANDS = {
@@ -210,6 +228,8 @@ COMMANDS = {
     "retrieve": ("rank images against a text query with a trained ConVIRT run", _add_retrieve, _retrieve),
     "decompose": ("a DGM run's synthesised normal, residue and saliency for images", _add_decompose, _decompose),
     "segment": ("a segment run's structure masks (e.g. lungs) for images", _add_segment, _segment),
+    "landmarks": ("one-shot landmarks with an LD run: a template's points located in images", _add_landmarks,
+                  _landmarks),
 }
 
 

@@ -3,6 +3,7 @@
 from cxr_jax.evaluate import classifier as classifier_eval
 from cxr_jax.evaluate import convirt as convirt_eval
 from cxr_jax.evaluate import dgm as dgm_eval
+from cxr_jax.evaluate import ld as ld_eval
 from cxr_jax.evaluate import segment as segment_eval
 from cxr_jax.train import classifier, convirt, dgm, ld, segment
 
@@ -20,5 +21,6 @@ EVALUATORS = {
     "classifier": classifier_eval.evaluate,
     "convirt": convirt_eval.evaluate,
     "dgm": dgm_eval.evaluate,
+    "ld": ld_eval.evaluate,
     "segment": segment_eval.evaluate,
 }
