@@ -46,13 +46,15 @@ class LDNet(nn.Module):
     layers: Sequence[int | str] = unet.VGG16_TINY
     widths: Sequence[tuple[int, ...]] = LD_WIDTHS
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False  # Recompute activations in the backward pass (the 448 px setting fits in 8 GB).
 
     def setup(self):
         """Named submodules: `encoder`, `decoder`, `embed`, `cluster`."""
-        self.encoder = unet.VGGEncoder(self.layers, self.dtype)
-        self.decoder = unet.UNetDecoder(self.widths, self.dtype)
-        self.embed = Head(self.embed_dim, self.dtype)
-        self.cluster = Head(self.num_clusters, self.dtype)
+        self.encoder = unet.VGGEncoder(self.layers, self.dtype, self.remat)
+        self.decoder = unet.UNetDecoder(self.widths, self.dtype, self.remat)
+        head = nn.remat(Head, static_argnums=(2,)) if self.remat else Head
+        self.embed = head(self.embed_dim, self.dtype)
+        self.cluster = head(self.num_clusters, self.dtype)
 
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         """Both heads on the decoder's full-resolution map."""

@@ -35,22 +35,29 @@ class ConvBNReLU(nn.Module):
         return nn.relu(x)
 
 
+def conv_block(remat: bool) -> type[nn.Module]:
+    """`ConvBNReLU`, or its rematerialised version (same parameter names: pass `name` explicitly)."""
+    return nn.remat(ConvBNReLU, static_argnums=(2,)) if remat else ConvBNReLU
+
+
 class VGGEncoder(nn.Module):
     """VGG-bn features: one map per stage, finest first ([B, H, W, 16], [B, H/2, W/2, 32], …)."""
 
     layers: Sequence[int | str] = VGG16_TINY
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False  # Recompute each layer in the backward pass instead of keeping its activations.
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
         """Images [B, H, W, C] → each stage's features, finest first."""
-        stages = []
+        block, stages, convs = conv_block(self.remat), [], 0
         for layer in self.layers:
             if layer == "M":
                 stages.append(x)
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
             else:
-                x = ConvBNReLU(int(layer), self.dtype)(x, train)
+                x = block(int(layer), self.dtype, name=f"ConvBNReLU_{convs}")(x, train)
+                convs += 1
         return [*stages, x]
 
 
@@ -64,6 +71,7 @@ class UNetDecoder(nn.Module):
 
     widths: Sequence[tuple[int, ...]] = ((128, 64), (64, 32), (32, 16), (16, 16))
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False  # As `VGGEncoder.remat`.
 
     @nn.compact
     def __call__(self, stages: Sequence[jax.Array], train: bool = False) -> jax.Array:
@@ -71,11 +79,13 @@ class UNetDecoder(nn.Module):
         *skips, x = stages
         if len(skips) != len(self.widths):
             raise ValueError(f"the decoder has {len(self.widths)} levels but the encoder gave {len(skips)} skips")
+        block, convs = conv_block(self.remat), 0
         for skip, level in zip(reversed(skips), self.widths):
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
             x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
             for width in level:
-                x = ConvBNReLU(width, self.dtype)(x, train)
+                x = block(width, self.dtype, name=f"ConvBNReLU_{convs}")(x, train)
+                convs += 1
         return x
 
 

@@ -49,7 +49,7 @@ class LD:
             raise ConfigError(f"batch_size={config.batch_size} must be even: rows i and i + B/2 are mixup pairs")
         dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
         self.model = ld_model.LDNet(m.embed_dim, m.num_clusters, tuple(m.layers), tuple(map(tuple, m.widths)),
-                                    dtype)
+                                    dtype, m.remat)
         self.schedule = optax.exponential_decay(config.optim.learning_rate, config.optim.halve_every, 0.5,
                                                 staircase=True)
         self.tx = {"model": optax.adam(self.schedule)}

@@ -33,3 +33,18 @@ def test_parameter_count_matches_the_official_decoder_and_branches():
     want = sum(conv_bn(*c) for c in encoder + decoder) + branches
     variables = ld_model.LDNet().init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
     assert sum(x.size for x in jax.tree.leaves(variables["params"])) == want
+
+
+def test_remat_keeps_the_parameter_names_and_the_gradients():
+    kw = dict(embed_dim=6, num_clusters=5, layers=(4, "M", 8, "M", 8), widths=((8, 4), ()))
+    plain, remat = ld_model.LDNet(**kw), ld_model.LDNet(**kw, remat=True)
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
+    variables = plain.init(jax.random.key(0), x)
+    assert jax.tree.structure(remat.init(jax.random.key(0), x)) == jax.tree.structure(variables)
+
+    def loss(net, params):
+        out, _ = net.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(out["embedding"] ** 2 * out["assignment"][..., :1])
+
+    grads = [jax.grad(lambda p, net=net: loss(net, p))(variables["params"]) for net in (plain, remat)]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *grads)
