@@ -5,6 +5,10 @@ Variants:
   lungs:  both lungs as one structure at 128 px, trained on ../shared/data/openist (train split) and jsrt
           (train split), evaluated on jsrt's valid split. A few minutes on 2 CPU cores.
   jsrt:   lungs, heart and clavicles on jsrt at 128 px.
+  ld_transfer: LD's transfer target: left/right lung, heart and clavicles on jsrt at 128 px, soft Dice,
+          the encoder frozen for 200 steps then fine-tuned. With --config.model.encoder_from=LD_RUN it starts
+          from LD's encoder, without it from random weights; --config.data.train.num_examples=1 or 5 for the
+          few-shot settings.
 
 Run:
   cxr-jax train --config configs/segment.py:lungs --workdir workdirs/lungs
@@ -18,7 +22,7 @@ from configs import common
 
 
 def get_config(arg: str = "lungs") -> ml_collections.ConfigDict:
-    """Returns the segmentation config for variant `arg` (smoke, lungs, jsrt)."""
+    """Returns the segmentation config for variant `arg` (smoke, lungs, jsrt, ld_transfer)."""
     c = common.base("segment")
     c.batch_size = 16
     c.image_size = 128
@@ -26,6 +30,7 @@ def get_config(arg: str = "lungs") -> ml_collections.ConfigDict:
     c.model.structures = ("lungs",)  # One sigmoid channel each, read from the examples' mask_<structure>.
     c.model.layers = (16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 128, 128, 128, "M", 128, 128, 128)
     c.model.widths = ((128, 64), (64, 32), (32, 16), (16, 16))  # Decoder convs per level, coarsest first.
+    c.model.encoder_from = None  # An LD run whose encoder starts this one (same model.layers); None: random.
 
     c.loss = ml_collections.ConfigDict()
     c.loss.bce = 1.0  # Weight of the per-pixel BCE added to (1 − soft Dice).
@@ -33,6 +38,7 @@ def get_config(arg: str = "lungs") -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3  # Cosine-decayed to 0 over train.num_steps.
     c.optim.weight_decay = 1e-4  # Decoupled (AdamW).
+    c.optim.freeze_encoder_steps = 0  # The encoder stays as loaded for this many steps, then is fine-tuned.
 
     c.augment = ml_collections.ConfigDict()  # One random affine for image and masks together.
     c.augment.degrees = 10.0
@@ -58,8 +64,14 @@ def get_config(arg: str = "lungs") -> ml_collections.ConfigDict:
         c.model.structures = ("lungs", "heart", "clavicles")
         _shared(c.data.train, "jsrt", "train")
         _shared(c.data.eval, "jsrt", "valid")
+    elif arg == "ld_transfer":
+        c.model.structures = ("left_lung", "right_lung", "heart", "clavicles")
+        c.optim.freeze_encoder_steps = 200
+        c.loss.bce = 0.0  # Soft Dice only, as LD's transfer experiments.
+        _shared(c.data.train, "jsrt", "train")
+        _shared(c.data.eval, "jsrt", "valid")
     else:
-        raise ValueError(f"unknown segment variant {arg!r}; expected smoke, lungs or jsrt")
+        raise ValueError(f"unknown segment variant {arg!r}; expected smoke, lungs, jsrt or ld_transfer")
     return c
 
 

@@ -113,3 +113,14 @@ def dgm_run(tmp_path_factory):
     config = config_lib.load(f"{ROOT / 'configs' / 'dgm.py'}:smoke", ["train.num_steps=2", "train.checkpoint_every=2"])
     loop.train(config, workdir)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def ld_run(tmp_path_factory):
+    """A 4-step smoke LD run (both stages), shared by the tests of landmarks and segmentation transfer."""
+    from cxr_jax import config as config_lib
+    from cxr_jax.train import loop
+
+    workdir = tmp_path_factory.mktemp("ld_run")
+    loop.train(config_lib.load(f"{ROOT / 'configs' / 'ld.py'}:smoke", ["train.num_steps=4"]), workdir)
+    return workdir

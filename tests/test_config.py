@@ -9,7 +9,7 @@ VARIANTS = {"classifier": ["smoke", "demo", "nih1000", "paper"],
             "convirt": ["smoke", "demo", "covid", "paper", "large"],
             "dgm": ["smoke", "demo", "nih1000", "jsrt", "paper"],
             "ld": ["smoke", "demo", "cxr", "paper"],
-            "segment": ["smoke", "lungs", "jsrt"]}
+            "segment": ["smoke", "lungs", "jsrt", "ld_transfer"]}
 
 
 @pytest.mark.parametrize("method,variant", [(m, v) for m, vs in VARIANTS.items() for v in vs])

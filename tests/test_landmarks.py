@@ -16,16 +16,6 @@ SMOKE = f"{ROOT / 'configs' / 'ld.py'}:smoke"
 RNG = np.random.default_rng(0)
 
 
-@pytest.fixture(scope="module")
-def ld_run(tmp_path_factory):
-    from cxr_jax import config as config_lib
-    from cxr_jax.train import loop
-
-    workdir = tmp_path_factory.mktemp("ld_run")
-    loop.train(config_lib.load(SMOKE, ["train.num_steps=4"]), workdir)
-    return workdir
-
-
 def test_center_sensitive_is_a_renormalised_gaussian_average():
     emb = RNG.normal(size=(2, 9, 9, 3))
     got = lm.center_sensitive(jnp.asarray(emb, jnp.float32), sigma=1.5)

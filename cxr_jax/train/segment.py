@@ -25,7 +25,7 @@ class Segment:
     """A `unet.Segmenter` with one channel per structure."""
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
-        del mesh  # Per-example losses: GSPMD shards the step without explicit collectives.
+        self.mesh = mesh  # Per-example losses: GSPMD shards the step; the mesh only places imported weights.
         self.config = config
         m = config.model
         pools = unet.num_pools(m.layers)
@@ -76,8 +76,29 @@ class Segment:
         return state_lib.TrainState.create({"model": variables["params"]}, self.tx,
                                            {"batch_stats": variables["batch_stats"]})
 
+    def load_pretrained(self, state: state_lib.TrainState) -> state_lib.TrainState:
+        """`state` with the encoder (weights and BatchNorm statistics) of the LD run `model.encoder_from`."""
+        if not self.config.model.encoder_from:
+            return state
+        from cxr_jax import config as config_lib
+        from cxr_jax.evaluate import common
+
+        run = self.config.model.encoder_from
+        source_config = config_lib.load_run(run)
+        if source_config.method != "ld" or tuple(source_config.model.layers) != tuple(self.config.model.layers):
+            raise ConfigError(f"model.encoder_from={run!r}: needs an LD run with model.layers="
+                              f"{tuple(self.config.model.layers)}; it has method {source_config.method!r}, "
+                              f"layers {tuple(source_config.model.layers)}")
+        _, source, _ = common.restore_method(source_config, run, self.mesh)
+        params = {**state.params["model"], "unet": {**state.params["model"]["unet"],
+                                                    "encoder": source.params["model"]["encoder"]}}
+        stats = state.model_state["batch_stats"]
+        stats = {**stats, "unet": {**stats["unet"], "encoder": source.model_state["batch_stats"]["encoder"]}}
+        return state.replace(params={**state.params, "model": params},
+                             model_state={**state.model_state, "batch_stats": stats})
+
     def train_step(self, state: state_lib.TrainState, batch):
-        """One AdamW step on mean (1 − soft Dice) + `loss.bce` · BCE."""
+        """One AdamW step on mean (1 − soft Dice) + `loss.bce` · BCE; the encoder stays fixed while frozen."""
 
         def loss_fn(params):
             logits, updates = self.model.apply({"params": params, **state.model_state}, batch["image"],
@@ -88,7 +109,12 @@ class Segment:
 
         (loss, (terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
         new_state = state.apply_gradients("model", grads, self.tx["model"])
-        new_state = new_state.replace(step=state.step + 1, model_state=dict(updates))
+        frozen = state.step < self.config.optim.freeze_encoder_steps
+        model = new_state.params["model"]
+        encoder = jax.tree.map(lambda old, new: jnp.where(frozen, old, new),
+                               state.params["model"]["unet"]["encoder"], model["unet"]["encoder"])
+        new_state = new_state.replace(step=state.step + 1, model_state=dict(updates), params={
+            **new_state.params, "model": {**model, "unet": {**model["unet"], "encoder": encoder}}})
         metrics = {"loss": loss, **terms, "learning_rate": self.schedule(state.step),
                    **state_lib.norms(state.params["model"], grads)}
         return new_state, metrics

@@ -61,3 +61,20 @@ def test_steps_lower_the_loss_and_trace_once():
         assert probs.shape == (8, 32, 32, 1) and 0 <= float(probs.min()) and float(probs.max()) <= 1
     finally:
         s.batches.close()
+
+
+def test_transfer_starts_from_the_ld_encoder_and_keeps_it_frozen(ld_run, tmp_path):
+    from cxr_jax.evaluate import common
+
+    _, ld_state, _ = common.restore_method(config_lib.load_run(ld_run), ld_run, parallel.make_mesh())
+    want = ld_state.params["model"]["encoder"]
+    for freeze, workdir in ((2, tmp_path / "frozen"), (0, tmp_path / "tuned")):
+        config = config_lib.load(SMOKE, ["train.num_steps=2", f"model.encoder_from={ld_run}",
+                                         f"optim.freeze_encoder_steps={freeze}"])
+        state = loop.train(config, workdir)
+        got = state.params["model"]["unet"]["encoder"]
+        same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), got, want))
+        assert all(same) if freeze else not any(same)
+    config.model.layers = (4, "M", 8, "M", 8, "M", 8, "M", 16)
+    with pytest.raises(ConfigError, match="needs an LD run with model.layers"):
+        loop.train(config, tmp_path / "mismatch")

@@ -84,6 +84,7 @@ def load_jsrt(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
             box = square_coords(corners, size, image_size, edges=True).reshape(4)
         return {"file": file, "label": nodule, "orig_size": size, "name": r["image"],
                 "mask_lungs": masks["left_lung"] | masks["right_lung"], "mask_heart": masks["heart"],
+                "mask_left_lung": masks["left_lung"], "mask_right_lung": masks["right_lung"],
                 "mask_clavicles": masks["left_clavicle"] | masks["right_clavicle"],
                 "landmarks": _jsrt_landmarks(root / "landmarks" / f"{name}.csv", size, image_size), "box": box}
 
