@@ -46,7 +46,7 @@ class LDNet(nn.Module):
     layers: Sequence[int | str] = unet.VGG16_TINY
     widths: Sequence[tuple[int, ...]] = LD_WIDTHS
     dtype: jnp.dtype = jnp.float32
-    remat: bool = False  # Recompute activations in the backward pass (the 448 px setting fits in 8 GB).
+    remat: bool = False  # Recompute each conv block and head in the backward pass instead of storing it.
 
     def setup(self):
         """Named submodules: `encoder`, `decoder`, `embed`, `cluster`."""
