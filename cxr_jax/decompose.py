@@ -23,7 +23,6 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cxr_jax import config as config_lib
 from cxr_jax import parallel, saliency, segment
 from cxr_jax.config import ConfigError
 from cxr_jax.data.sources import io
@@ -35,10 +34,9 @@ LUNG_MASK_PARTS = ("left_lung", "right_lung")
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, images: Sequence[str | pathlib.Path],
         out: str | pathlib.Path, lung_masks: str | pathlib.Path | None = None) -> list[dict]:
     """Decomposes every image under `images`; returns the per-image records also written as NAME.json."""
-    if config.method != "dgm":
-        raise ConfigError(f"decompose needs a DGM run; {workdir} was trained with method {config.method!r}")
     mesh = parallel.make_mesh()
-    method, state, step = common.restore_method(config, workdir, mesh)
+    _, method, state, step = common.restore_run(workdir, "dgm", needed="a DGM run (configs/dgm.py)", mesh=mesh,
+                                                config=config)
     size = config.image_size
     files, pixels, orig_sizes = io.read_images(images, size)
     masks = lung_masks_for(config, files, pixels, lung_masks)  # Fails before anything is written.
@@ -61,14 +59,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, image
 
 def residue_maps(workdir: str | pathlib.Path, images: np.ndarray, *, image_size: int) -> np.ndarray:
     """A trained DGM's residues r float32 [N, S, S, 1] of uint8 images [N, S, S, 1] (S = its image size)."""
-    config = config_lib.load_run(workdir)
-    if config.method != "dgm":
-        raise ConfigError(f"{workdir} was trained with method {config.method!r}; residues need a DGM run")
+    mesh = parallel.make_mesh()
+    config, method, state, _ = common.restore_run(workdir, "dgm", needed="a DGM run (configs/dgm.py)", mesh=mesh)
     if config.image_size != image_size:
         raise ConfigError(f"the DGM run {workdir} works at image_size={config.image_size}, this run at "
                           f"{image_size}; residues must come from images of the same size")
-    mesh = parallel.make_mesh()
-    method, state, _ = common.restore_method(config, workdir, mesh)
     outputs, _ = common.predict(method.decompose, state, {"image": images}, preprocess=method.preprocess_eval,
                                 batch_size=config.batch_size, mesh=mesh)
     return outputs["residue"].astype(np.float32)

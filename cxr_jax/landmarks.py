@@ -25,9 +25,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cxr_jax import config as config_lib
 from cxr_jax import parallel
-from cxr_jax.config import ConfigError
 from cxr_jax.data.sources import io
 from cxr_jax.evaluate import common
 from cxr_jax.losses.contrastive import l2_normalize
@@ -110,12 +108,9 @@ class Localiser:
     """A trained LD run, ready to localise: `keys` from a template, then `locate` in query images."""
 
     def __init__(self, workdir: str | pathlib.Path, config: ml_collections.ConfigDict | None = None, mesh=None):
-        self.config = config or config_lib.load_run(workdir)
-        if self.config.method != "ld":
-            raise ConfigError(f"{workdir} was trained with method {self.config.method!r}; an LD run "
-                              "(configs/ld.py) is needed")
         self.mesh = mesh or parallel.make_mesh()
-        self.method, self.state, self.step = common.restore_method(self.config, workdir, self.mesh)
+        self.config, self.method, self.state, self.step = common.restore_run(
+            workdir, "ld", needed="an LD run (configs/ld.py)", mesh=self.mesh, config=config)
 
     def keys(self, template: np.ndarray, xy: np.ndarray) -> np.ndarray:
         """Template features [L, D] at points xy [L, 2] of one square uint8 image [S, S, 1]."""
@@ -143,7 +138,7 @@ def locate(method, state, mesh, images: np.ndarray, keys: np.ndarray) -> np.ndar
 
 
 def _locate_batch(method, state, batch, *, keys, sigma, refine, temperature):
-    pooled = center_sensitive(method.predict(state, batch)["embedding"], sigma=sigma)
+    pooled = _pooled_batch(method, state, batch, sigma=sigma)
     return peaks(ld_scores(pooled, keys), refine=refine, temperature=temperature)
 
 

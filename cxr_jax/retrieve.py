@@ -18,7 +18,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cxr_jax import parallel  # noqa: E402
-from cxr_jax.config import ConfigError  # noqa: E402
 from cxr_jax.data.sources import io  # noqa: E402
 from cxr_jax.evaluate import common, convirt  # noqa: E402
 
@@ -26,10 +25,9 @@ from cxr_jax.evaluate import common, convirt  # noqa: E402
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, query: str,
         images: Sequence[str | pathlib.Path], top_k: int, out: str | pathlib.Path) -> dict:
     """Ranks `images` against `query`; writes and returns the top `top_k` matches."""
-    if config.method != "convirt":
-        raise ConfigError(f"retrieve needs a ConVIRT run; {workdir} was trained with method {config.method!r}")
     mesh = parallel.make_mesh()
-    method, state, step = common.restore_method(config, workdir, mesh)
+    _, method, state, step = common.restore_run(workdir, "convirt", needed="a ConVIRT run (configs/convirt.py)",
+                                                mesh=mesh, config=config)
     files, pixels, _ = io.read_images(images, config.image_size)
     image_emb, _ = common.predict(method.embed_images, state, {"image": pixels}, preprocess=method.preprocess_eval,
                                   batch_size=config.batch_size, mesh=mesh)

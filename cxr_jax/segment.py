@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from cxr_jax import config as config_lib
 from cxr_jax import parallel
 from cxr_jax.config import ConfigError
 from cxr_jax.data.sources import io
@@ -26,12 +25,9 @@ class Segmenter:
     """A trained `segment` run, ready to predict: `masks(images)` at any image size."""
 
     def __init__(self, workdir: str | pathlib.Path, mesh=None):
-        self.config = config_lib.load_run(workdir)
-        if self.config.method != "segment":
-            raise ConfigError(f"{workdir} was trained with method {self.config.method!r}; a segmenter run "
-                              "(configs/segment.py) is needed")
         self.mesh = mesh or parallel.make_mesh()
-        self.method, self.state, self.step = common.restore_method(self.config, workdir, self.mesh)
+        self.config, self.method, self.state, self.step = common.restore_run(
+            workdir, "segment", needed="a segmenter run (configs/segment.py)", mesh=self.mesh)
         self.structures = tuple(self.config.model.structures)
 
     def masks(self, images: np.ndarray) -> np.ndarray:

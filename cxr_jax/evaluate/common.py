@@ -10,7 +10,20 @@ import jax
 import numpy as np
 
 from cxr_jax import checkpoint, parallel
+from cxr_jax import config as config_lib
 from cxr_jax.data import pipeline
+
+
+def restore_run(workdir: str | pathlib.Path, method: str, *, needed: str, mesh, config=None) -> tuple:
+    """(config, method object, state, step) of a trained run that must be of `method`.
+
+    `config` defaults to the run's own (`WORKDIR/config.json`); `needed` names the run in the error, e.g.
+    "a segmenter run (configs/segment.py)".
+    """
+    config = config or config_lib.load_run(workdir)
+    if config.method != method:
+        raise config_lib.ConfigError(f"{workdir} was trained with method {config.method!r}; {needed} is needed")
+    return (config, *restore_method(config, workdir, mesh))
 
 
 def restore_method(config, workdir: str | pathlib.Path, mesh) -> tuple:

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from cxr_jax.config import ConfigError
 from cxr_jax.data import augment, sources
+from cxr_jax.evaluate import common
 from cxr_jax.losses import segmentation as losses
 from cxr_jax.models import unet
 from cxr_jax.train import state as state_lib
@@ -80,16 +81,12 @@ class Segment:
         """`state` with the encoder (weights and BatchNorm statistics) of the LD run `model.encoder_from`."""
         if not self.config.model.encoder_from:
             return state
-        from cxr_jax import config as config_lib
-        from cxr_jax.evaluate import common
-
         run = self.config.model.encoder_from
-        source_config = config_lib.load_run(run)
-        if source_config.method != "ld" or tuple(source_config.model.layers) != tuple(self.config.model.layers):
+        source_config, _, source, _ = common.restore_run(run, "ld", needed="an LD run (model.encoder_from)",
+                                                         mesh=self.mesh)
+        if tuple(source_config.model.layers) != tuple(self.config.model.layers):
             raise ConfigError(f"model.encoder_from={run!r}: needs an LD run with model.layers="
-                              f"{tuple(self.config.model.layers)}; it has method {source_config.method!r}, "
-                              f"layers {tuple(source_config.model.layers)}")
-        _, source, _ = common.restore_method(source_config, run, self.mesh)
+                              f"{tuple(self.config.model.layers)}; it has layers {tuple(source_config.model.layers)}")
         params = {**state.params["model"], "unet": {**state.params["model"]["unet"],
                                                     "encoder": source.params["model"]["encoder"]}}
         stats = state.model_state["batch_stats"]
@@ -109,15 +106,20 @@ class Segment:
 
         (loss, (terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
         new_state = state.apply_gradients("model", grads, self.tx["model"])
-        frozen = state.step < self.config.optim.freeze_encoder_steps
-        model = new_state.params["model"]
-        encoder = jax.tree.map(lambda old, new: jnp.where(frozen, old, new),
-                               state.params["model"]["unet"]["encoder"], model["unet"]["encoder"])
-        new_state = new_state.replace(step=state.step + 1, model_state=dict(updates), params={
-            **new_state.params, "model": {**model, "unet": {**model["unet"], "encoder": encoder}}})
+        if self.config.optim.freeze_encoder_steps:
+            new_state = self._keep_frozen_encoder(state, new_state)
+        new_state = new_state.replace(step=state.step + 1, model_state=dict(updates))
         metrics = {"loss": loss, **terms, "learning_rate": self.schedule(state.step),
                    **state_lib.norms(state.params["model"], grads)}
         return new_state, metrics
+
+    def _keep_frozen_encoder(self, old: state_lib.TrainState, new: state_lib.TrainState) -> state_lib.TrainState:
+        """`new` with `old`'s encoder while old.step < optim.freeze_encoder_steps (weight decay included)."""
+        frozen = old.step < self.config.optim.freeze_encoder_steps
+        model = new.params["model"]
+        encoder = jax.tree.map(lambda a, b: jnp.where(frozen, a, b), old.params["model"]["unet"]["encoder"],
+                               model["unet"]["encoder"])
+        return new.replace(params={**new.params, "model": {**model, "unet": {**model["unet"], "encoder": encoder}}})
 
     def predict(self, state: state_lib.TrainState, batch) -> jax.Array:
         """Per-structure probabilities [B, S, S, C]."""
