@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cxr_jax import bench, parallel
 from cxr_jax import config as config_lib
-from cxr_jax import parallel
 from cxr_jax.config import ConfigError
 from cxr_jax.data import augment
 from cxr_jax.train import ld, loop
@@ -88,3 +88,11 @@ def test_bad_sizes_are_config_errors():
         ld.LD(config_lib.load(SMOKE, ["batch_size=7"]))
     with pytest.raises(ConfigError, match="loss.grid=5"):
         ld.LD(config_lib.load(SMOKE, ["loss.grid=5"]))
+
+
+def test_remat_shrinks_the_compiled_step():
+    """`model.remat` recomputes conv blocks in the backward pass (more FLOPs) and stores fewer activations."""
+    plans = {remat: bench.run(config_lib.load(SMOKE, [f"model.remat={remat}"]),
+                              compile_only=True) for remat in (False, True)}
+    assert plans[True]["flops_per_step"] > 1.1 * plans[False]["flops_per_step"]
+    assert plans[True]["xla_temp_memory_mb"] < 0.75 * plans[False]["xla_temp_memory_mb"]
