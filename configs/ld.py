@@ -9,6 +9,8 @@ Variants:
   demo:   the official network on 64 px phantom images, a few minutes on 2 CPU cores.
   cxr:    the images of ../shared/data (jsrt train; nih1000, openist) at 128 px; landmarks on jsrt valid
           from one jsrt train template.
+  shape:  cxr plus shape-guided segmentation: cluster channel 0 against 5 unpaired jsrt train lung masks
+          (an adversarial prior in stage 2); evaluate adds its Dice on jsrt valid (`shape_dice_lungs`).
   paper:  the official setting: 448 px, batch 4 pairs, Adam 1e-3 halved every 10k steps, 20k + 80k steps.
 
 Run:
@@ -25,7 +27,7 @@ from cxr_jax.data import augment
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    """Returns the LD config for variant `arg` (smoke, demo, cxr, paper)."""
+    """Returns the LD config for variant `arg` (smoke, demo, cxr, shape, paper)."""
     c = common.base("ld")
     c.batch_size = 8
     c.model = ml_collections.ConfigDict()
@@ -52,12 +54,20 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.landmarks.refine_temperature = 0.05  # Of the softmax over the window's cosine scores.
     c.landmarks.ncc_patch = 15  # Side of the raw-intensity patch the ncc baseline matches (odd).
 
+    c.shape = ml_collections.ConfigDict()  # Shape-guided segmentation: an adversarial prior on cluster channel 0.
+    c.shape.weight = 0.0  # λ of the network's adversarial loss in stage 2 (the official 1); 0: no prior.
+    c.shape.structure = "lungs"  # Real masks are data.shape_masks' mask_<structure>; evaluate scores against it.
+    c.shape.critic_channels = (16, 32, 32, 32, 32)  # One 2×2 pool each; ≥ 5 px must remain (448 px: 14).
+    c.shape.critic_learning_rate = 0.05  # × the network's rate (the official critic's).
+
     c.augment = augment.augment_config("ld")
     c.data.extra_train = ml_collections.ConfigDict()  # More training sets (name → data spec), concatenated.
     c.data.train.num_examples = 512
     c.data.eval.num_examples = 64
     c.data.template = common.data_spec("phantom", "test")  # Its first image with landmarks is the template.
     c.data.template.num_examples = 1
+    c.data.shape_masks = common.data_spec("phantom", "valid")  # The shape prior's handful of unpaired masks.
+    c.data.shape_masks.num_examples = 5
 
     if arg == "smoke":
         common.smoke(c)
@@ -67,12 +77,13 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.loss.grid = 4
         c.loss.stage1_steps = 3
         c.landmarks.update(sigma=1.5, ncc_patch=5)
+        c.shape.critic_channels = (4, 8)
     elif arg == "demo":
         c.train.num_steps = 600
         c.train.log_every = 25
         c.train.checkpoint_every = 100
         c.loss.stage1_steps = 200
-    elif arg == "cxr":
+    elif arg in ("cxr", "shape"):
         c.image_size = 128
         _shared(c.data.train, "jsrt", "train")  # Queries (jsrt valid) stay unseen, even without labels.
         _shared(c.data.eval, "jsrt", "valid")
@@ -85,6 +96,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.train.log_every = 50
         c.train.checkpoint_every = 250
         c.loss.stage1_steps = 800
+        if arg == "shape":
+            c.shape.weight = 1.0
+            c.shape.critic_channels = (16, 32, 32, 32)  # 128 px → 8 → 4 after the unpadded convs.
+            _shared(c.data.shape_masks, "jsrt", "train")
+            c.data.shape_masks.num_examples = 5
     elif arg == "paper":
         c.image_size = 448
         c.landmarks.update(sigma=14.0, ncc_patch=53)  # The 128 px values, scaled.
@@ -94,7 +110,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.train.checkpoint_every = 1000
         c.loss.stage1_steps = 20_000
     else:
-        raise ValueError(f"unknown ld variant {arg!r}; expected smoke, demo, cxr or paper")
+        raise ValueError(f"unknown ld variant {arg!r}; expected smoke, demo, cxr, shape or paper")
     return c
 
 

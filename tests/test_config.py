@@ -8,7 +8,7 @@ from tests.conftest import ROOT
 VARIANTS = {"classifier": ["smoke", "demo", "nih1000", "paper"],
             "convirt": ["smoke", "demo", "covid", "paper", "large"],
             "dgm": ["smoke", "demo", "nih1000", "jsrt", "paper"],
-            "ld": ["smoke", "demo", "cxr", "paper"],
+            "ld": ["smoke", "demo", "cxr", "shape", "paper"],
             "segment": ["smoke", "lungs", "jsrt", "ld_transfer"]}
 
 

@@ -240,6 +240,18 @@ def ld_views(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) 
             "k": k, "flip": flip, "mix": _uniform(s[5], *cfg.mixup)}
 
 
+def ld_shape_masks(masks: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict, *, num: int) -> tf.Tensor:
+    """`num` masks drawn from `masks` [M, H, W, 1] (0/1 floats), each under its own `ld_base`: [num, H, W, 1].
+
+    The shape prior's real examples get the images' geometric augmentation (any rotation, flips, crop), so
+    the critic cannot tell them from cluster maps by orientation; re-binarised at 0.5 after interpolation.
+    """
+    s = tf.unstack(split_seed(seed, 2 * num))
+    picks = [masks[tf.random.stateless_uniform([], s[2 * i], 0, tf.shape(masks)[0], dtype=tf.int32)]
+             for i in range(num)]
+    return tf.stack([tf.cast(ld_base(m, s[2 * i + 1], cfg) > 0.5, tf.float32) for i, m in enumerate(picks)])
+
+
 def augment_config(method: str) -> ml_collections.ConfigDict:
     """The papers' augmentation ranges, for a method config's `augment` field (crops keep the input's size)."""
     if method == "convirt":  # Zhang et al. 2022, Sec. 3.3 / their torchvision pipeline.

@@ -5,10 +5,15 @@ all its landmarks is a query. Errors are Euclidean distances in each query's own
 landmark CSVs, e.g. 512 px for ../shared/data/jsrt): `landmark_mre_px` (mean radial error) and
 `landmark_sdr_{r}px` (the fraction within r px), then the same for `copy_` (the template's coordinates) and
 `ncc_` (raw-intensity patch matching). `landmarks.png` shows the worst and best queries.
+
+With the shape prior (`shape.weight` > 0), cluster channel 0 > 0.5 is a segmentation of `shape.structure`:
+`shape_dice_<structure>` on the images of `data.eval` with that mask (the official test's threshold and
+hard Dice), and `shape.png` shows its outlines.
 """
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import jax.numpy as jnp
@@ -19,6 +24,8 @@ from cxr_jax import landmarks as lm
 from cxr_jax.config import ConfigError
 from cxr_jax.data import sources
 from cxr_jax.data.sources import io
+from cxr_jax.evaluate import common
+from cxr_jax.evaluate import segment as segment_eval
 
 RADII = (5, 10, 20)
 
@@ -42,7 +49,33 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
         result.update(landmark_metrics(errors, prefix=name))
         if name == "landmark":
             _figure(queries["image"], queries["landmarks"], xy, errors, outdir / "landmarks.png")
-    return {**result, "num_queries": float(len(truth)), "num_landmarks": float(truth.shape[1])}
+    result.update(num_queries=float(len(truth)), num_landmarks=float(truth.shape[1]))
+    if config.shape.weight > 0:
+        result.update(shape_dice(method, state, mesh, outdir))
+    return result
+
+
+def shape_dice(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
+    """Hard Dice of cluster channel 0 > 0.5 against `mask_<shape.structure>` on `data.eval`; writes shape.png."""
+    config = method.config
+    key = f"mask_{config.shape.structure}"
+    data = sources.load(config.data.eval, image_size=config.image_size, seed=config.seed)
+    if key not in data or "image" not in data:
+        raise ConfigError(f"data.eval ({config.data.eval.source!r}) needs in-memory images and {key!r} to score "
+                          "the shape prior")
+    keep = data["has_mask"] if "has_mask" in data else np.ones(len(data[key]), bool)
+    images, truth = data["image"][keep], data[key][keep]
+    channel0 = functools.partial(_channel0, method)
+    probs, rows = common.predict(channel0, state, {"image": images}, preprocess=method.preprocess_eval,
+                                 batch_size=config.batch_size, mesh=mesh)
+    pred = probs[np.argsort(rows)] > 0.5
+    segment_eval.plot_overlays(images[..., 0], pred[..., None].astype(np.uint8), outdir / "shape.png")
+    dice = segment_eval.dice_scores(pred[..., None], truth[..., None])[:, 0]
+    return {f"shape_dice_{config.shape.structure}": float(dice.mean()), "shape_num_images": float(len(dice))}
+
+
+def _channel0(method, state, batch):
+    return method.predict(state, batch)["assignment"][..., 0]
 
 
 def landmark_metrics(errors: np.ndarray, *, prefix: str) -> dict[str, float]:

@@ -28,7 +28,7 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     result = {f"dice_{s}": float(scores[:, c].mean()) for c, s in enumerate(config.model.structures)}
     result["num_images"] = float(len(rows))
     if key == "image":
-        _plot(data["image"][rows, ..., 0], (probs > 0.5).astype(np.uint8), outdir / "overlays.png")
+        plot_overlays(data["image"][rows, ..., 0], (probs > 0.5).astype(np.uint8), outdir / "overlays.png")
     return result
 
 
@@ -40,7 +40,7 @@ def dice_scores(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.where(total > 0, 2 * overlap / np.maximum(total, 1), 1.0)
 
 
-def _plot(images: np.ndarray, masks: np.ndarray, path: pathlib.Path, most: int = 8) -> None:
+def plot_overlays(images: np.ndarray, masks: np.ndarray, path: pathlib.Path, most: int = 8) -> None:
     """The first `most` images with their predicted outlines, side by side."""
     tiles = [np.asarray(segment.overlay(x, m)) for x, m in zip(images[:most], masks[:most])]
     Image.fromarray(np.concatenate(tiles, axis=1)).save(path)

@@ -13,6 +13,8 @@ Notation: Z [N, H, W, D] unit pixel embeddings, A [N, H, W, K] cluster assignmen
 - Region discrimination: region embeddings r_nk = unit(mean_p A_nkp Z_np), batch centres c_k = unit(mean_n
   r_nk), and a softmax over centres at τ = 0.2: L = −mean_{n,k} log softmax_j(r_nk·c_j/τ)_k.
 - Entropy: the mean binary entropy (bits) of every assignment A_nkp, pushing each towards 0 or 1.
+- Shape prior (the official retinal `step2_train_with_shape_prior`): a critic D tells real masks from cluster
+  channel 0; binary cross-entropy on D's logits, the generator's towards "real", D's over reals and fakes.
 
 Means, not sums, everywhere (as the official code), so the weights 1, 1, 10, 0.1 keep their meaning at any
 batch, grid or image size.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from cxr_jax.losses.contrastive import l2_normalize
 
@@ -85,3 +88,15 @@ def binary_entropy(assignment: jax.Array) -> jax.Array:
     """Mean over all entries of −a log₂ a − (1 − a) log₂(1 − a) (the official `loss_entropy`)."""
     a = assignment.astype(jnp.float32)
     return jnp.mean(-a * jnp.log2(a + 1e-30) - (1.0 - a) * jnp.log2(1.0 - a + 1e-30))
+
+
+def shape_generator(fake_logits: jax.Array) -> jax.Array:
+    """−mean log σ(D(fake)): the clustering is rewarded when D takes its channel 0 for a real mask."""
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(fake_logits, jnp.ones_like(fake_logits)))
+
+
+def shape_discriminator(*, real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+    """Binary cross-entropy averaged over the reals (label 1) and fakes (label 0) together, as the official."""
+    logits = jnp.concatenate([real_logits, fake_logits])
+    labels = jnp.concatenate([jnp.ones_like(real_logits), jnp.zeros_like(fake_logits)])
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))

@@ -8,6 +8,7 @@ sum so they add up to one).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -63,3 +64,28 @@ class LDNet(nn.Module):
         embedding = embedding * jax.lax.rsqrt(jnp.maximum(jnp.sum(embedding**2, -1, keepdims=True), 1e-24))
         scores = jax.nn.sigmoid(self.cluster(features, train))
         return {"embedding": embedding, "assignment": scores / jnp.sum(scores, -1, keepdims=True)}
+
+
+class ShapeDiscriminator(nn.Module):
+    """The shape prior's critic (official `Discriminator`): is a [B, H, W, 1] map a real mask? → logits [B].
+
+    [conv3×3 → LeakyReLU → 2×2 max-pool] per entry of `channels`, two unpadded conv3×3 → LeakyReLU, a global
+    mean, then 1×1 conv → LeakyReLU → 1×1 conv. The official code writes `nn.LeakyReLU(True)`, whose first
+    argument is the slope, so its "leaky ReLU" is the identity; this one uses a real slope (`negative_slope`).
+    H and W must leave at least 5 pixels after the pools.
+    """
+
+    channels: Sequence[int] = (16, 32, 32, 32, 32)
+    negative_slope: float = 0.2
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Maps [B, H, W, 1] in [0, 1] → one logit per map [B] (the official sigmoid is in the loss)."""
+        act = functools.partial(nn.leaky_relu, negative_slope=self.negative_slope)
+        for width in self.channels:
+            x = nn.max_pool(act(nn.Conv(width, (3, 3), padding=1)(x)), (2, 2), strides=(2, 2))
+        width = self.channels[-1]
+        for _ in range(2):
+            x = act(nn.Conv(width, (3, 3), padding="VALID")(x))
+        x = act(nn.Dense(width)(jnp.mean(x, axis=(1, 2))))
+        return nn.Dense(1)(x)[:, 0]

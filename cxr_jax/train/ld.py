@@ -7,14 +7,23 @@ second view's patch grid is turned back (`align_view2`) so that patch p of both 
 
 Stage 1 (steps < `loss.stage1_steps`) trains L_pd + L_mix; stage 2 adds 10·L_ld + 0.1·L_ent, which also
 trains the clustering head (it gets no gradient before). One run does both stages.
+
+With `shape.weight` > 0, stage 2 also trains the shape prior (shape-guided segmentation, as the official
+retinal code): a critic learns real masks (`data.shape_masks`, a handful, unpaired) from cluster channel 0 of
+both views, and the network gets `shape.weight` · L_G for fooling it. The critic's step uses the same forward
+pass's (stopped) channel 0, as the official order (network first, then critic).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+import tensorflow as tf
 
 from cxr_jax.config import ConfigError
 from cxr_jax.data import augment, sources
@@ -53,18 +62,32 @@ class LD:
         self.schedule = optax.exponential_decay(config.optim.learning_rate, config.optim.halve_every, 0.5,
                                                 staircase=True)
         self.tx = {"model": optax.adam(self.schedule)}
+        self.shape_masks = None  # [M, S, S, 1] real masks for the critic (`train_data`), when shape.weight > 0.
+        if config.shape.weight > 0:
+            self.critic = ld_model.ShapeDiscriminator(tuple(config.shape.critic_channels))
+            self.tx["critic"] = optax.adam(lambda step: self.schedule(step) * config.shape.critic_learning_rate)
 
     def train_data(self):
         """The images of `data.train` and every `data.extra_train` set, and the two-view augmentation."""
         specs = [self.config.data.train, *self.config.data.extra_train.values()]
         parts = [sources.images_only(sources.load(spec, image_size=self.config.image_size, seed=self.config.seed),
                                      spec.source) for spec in specs]
+        if self.config.shape.weight > 0:
+            self.shape_masks = _shape_masks(self.config)
         return sources.concatenate(parts), self.preprocess_train
 
     def preprocess_train(self, example):
-        """Two views in [-1, 1] (the official Normalize(0.5, 0.5)), view 2's turn (k, flip) and mixup weight."""
+        """Two views in [-1, 1] (the official Normalize(0.5, 0.5)), view 2's turn (k, flip) and mixup weight.
+
+        With the shape prior, also two augmented real masks per image (`real_masks` [2, S, S, 1]).
+        """
         views = augment.ld_views(augment.to_unit(example["image"]), example["seed"], self.config.augment)
-        return {**views, "view1": views["view1"] * 2.0 - 1.0, "view2": views["view2"] * 2.0 - 1.0}
+        out = {**views, "view1": views["view1"] * 2.0 - 1.0, "view2": views["view2"] * 2.0 - 1.0}
+        if self.shape_masks is not None:
+            seed = augment.split_seed(example["seed"], 2)[1]
+            out["real_masks"] = augment.ld_shape_masks(tf.constant(self.shape_masks), seed, self.config.augment,
+                                                       num=2)
+        return out
 
     def preprocess_eval(self, example):
         """Eval images: [-1, 1] floats, no augmentation."""
@@ -74,8 +97,10 @@ class LD:
         """Parameters, BatchNorm statistics and the optimizer state."""
         images = batch["view1"] if "view1" in batch else batch["image"]
         variables = self.model.init(rng, images, train=False)
-        return state_lib.TrainState.create({"model": variables["params"]}, self.tx,
-                                           {"batch_stats": variables["batch_stats"]})
+        params = {"model": variables["params"]}
+        if "critic" in self.tx:
+            params["critic"] = self.critic.init(jax.random.fold_in(rng, 1), images[:1, ..., :1])["params"]
+        return state_lib.TrainState.create(params, self.tx, {"batch_stats": variables["batch_stats"]})
 
     def losses(self, outputs: dict[str, jax.Array], batch, step: jax.Array) -> tuple[jax.Array, dict]:
         """The weighted total and each term, from the network's outputs on [view1; view2; mixups]."""
@@ -103,19 +128,55 @@ class LD:
         w = batch["mix"][:h, None, None, None].astype(v1.dtype)
         images = jnp.concatenate([v1, batch["view2"], w * v1[:h] + (1.0 - w) * v1[h:]])
 
+        stage2 = (state.step >= self.config.loss.stage1_steps).astype(jnp.float32)
+
         def loss_fn(params):
             outputs, updates = self.model.apply({"params": params, **state.model_state}, images, train=True,
                                                 mutable=["batch_stats"])
             loss, terms = self.losses(outputs, batch, state.step)
-            return loss, (terms, updates)
+            fake = outputs["assignment"][:2 * v1.shape[0], ..., :1]  # Cluster channel 0 of both views.
+            if "critic" in self.tx:
+                terms["shape_g"] = losses.shape_generator(self.critic.apply({"params": state.params["critic"]}, fake))
+                loss = loss + stage2 * self.config.shape.weight * terms["shape_g"]
+            return loss, (terms, updates, jax.lax.stop_gradient(fake))
 
-        (loss, (terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
+        (loss, (terms, updates, fake)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
         new_state = state.apply_gradients("model", grads, self.tx["model"])
-        new_state = new_state.replace(step=state.step + 1, model_state=dict(updates))
         metrics = {"loss": loss, **terms, "learning_rate": self.schedule(state.step),
                    **state_lib.norms(state.params["model"], grads)}
-        return new_state, metrics
+        if "critic" in self.tx:
+            new_state, metrics["shape_d"] = self._critic_step(new_state, batch["real_masks"], fake, stage2)
+            metrics["shape_area"] = jnp.mean(fake)
+        return new_state.replace(step=state.step + 1, model_state=dict(updates)), metrics
+
+    def _critic_step(self, state: state_lib.TrainState, real: jax.Array, fake: jax.Array, stage2: jax.Array):
+        """One critic update on real masks [B, 2, S, S, 1] vs the network's channel 0; none in stage 1."""
+        maps = jnp.concatenate([real.reshape(fake.shape), fake])  # As many reals as fakes: one pass.
+
+        def loss_fn(params):
+            real_logits, fake_logits = jnp.split(self.critic.apply({"params": params}, maps), 2)
+            return losses.shape_discriminator(real_logits=real_logits, fake_logits=fake_logits)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params["critic"])
+        new = state.apply_gradients("critic", grads, self.tx["critic"])
+        keep = functools.partial(jax.tree.map, lambda a, b: jnp.where(stage2 > 0, a, b))  # Adam's count too.
+        return state.replace(params={**state.params, "critic": keep(new.params["critic"], state.params["critic"])},
+                             opt_state={**state.opt_state, "critic": keep(new.opt_state["critic"],
+                                                                          state.opt_state["critic"])}), loss
 
     def predict(self, state: state_lib.TrainState, batch) -> dict[str, jax.Array]:
         """Pixel embeddings [B, S, S, D] and cluster assignments [B, S, S, K] of eval images."""
         return self.model.apply({"params": state.params["model"], **state.model_state}, batch["image"])
+
+
+def _shape_masks(config: ml_collections.ConfigDict) -> np.ndarray:
+    """The shape prior's real masks: `mask_<shape.structure>` of `data.shape_masks` as [M, S, S, 1] floats."""
+    spec, key = config.data.shape_masks, f"mask_{config.shape.structure}"
+    data = sources.load(spec, image_size=config.image_size, seed=config.seed)
+    if key not in data:
+        raise ConfigError(f"data.shape_masks ({spec.source!r}, {spec.path}) has no {key!r}; shape.structure must be "
+                          f"one of {sorted(k[5:] for k in data if k.startswith('mask_'))}")
+    masks = data[key][data["has_mask"]] if "has_mask" in data else data[key]
+    if not len(masks):
+        raise sources.DataError(f"data.shape_masks ({spec.source!r}, {spec.path}) has no {key!r} mask")
+    return masks[..., None].astype(np.float32)

@@ -169,6 +169,24 @@ def test_method_views_are_deterministic_and_the_same_inside_tf_data(method):
     assert not np.allclose(eager, view(image, tf.constant([3, 8], tf.int64)).numpy())
 
 
+def test_ld_shape_masks_draw_from_the_set_and_stay_binary_masks_of_their_area():
+    yy, xx = np.mgrid[:40, :40]
+    disc = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 8**2).astype(np.float32)
+    square = np.zeros((40, 40), np.float32)
+    square[16:24, 14:26] = 1.0  # 96 px against the disc's 197.
+    masks = tf.constant(np.stack([disc, square])[..., None])
+    cfg = augment.augment_config("ld")
+    picked = []
+    for s in range(8):
+        out = augment.ld_shape_masks(masks, tf.constant([s, 1], tf.int64), cfg, num=2).numpy()
+        assert out.shape == (2, 40, 40, 1) and set(np.unique(out)) <= {0.0, 1.0}
+        for area in out.sum(axis=(1, 2, 3)):
+            ratios = area / np.array([disc.sum(), square.sum()])  # A crop of 90–100 % area zooms by ≤ 1/0.9.
+            assert np.any((ratios > 0.85) & (ratios < 1.25)), ratios
+            picked.append(int(np.argmin(np.abs(np.log(ratios)))))
+    assert set(picked) == {0, 1}
+
+
 def test_augment_config_knows_the_papers():
     assert tuple(augment.augment_config("convirt").crop_area) == (0.6, 1.0)
     with pytest.raises(ValueError, match="no paper augmentation"):

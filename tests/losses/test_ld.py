@@ -109,3 +109,20 @@ def test_losses_at_initialisation_are_chance():
     p = 1 / k
     np.testing.assert_allclose(losses.binary_entropy(out["assignment"]),
                                -p * np.log2(p) - (1 - p) * np.log2(1 - p), rtol=0.05)
+
+
+def _np_bce_of_sigmoid(logits, labels):
+    """PyTorch's BCELoss(sigmoid(logits), labels), the official critic's output and loss, in float64."""
+    p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return np.mean(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def test_shape_losses_match_the_official_bce_on_sigmoid_outputs():
+    real, fake = RNG.normal(size=6) * 3, RNG.normal(size=6) * 3
+    np.testing.assert_allclose(losses.shape_generator(jnp.asarray(fake)), _np_bce_of_sigmoid(fake, np.ones(6)),
+                               rtol=1e-5)
+    want = _np_bce_of_sigmoid(np.concatenate([real, fake]), np.concatenate([np.ones(6), np.zeros(6)]))
+    np.testing.assert_allclose(losses.shape_discriminator(real_logits=jnp.asarray(real), fake_logits=jnp.asarray(fake)),
+                               want, rtol=1e-5)
+    check_grads(lambda f: losses.shape_discriminator(real_logits=jnp.asarray(real), fake_logits=f),
+                (jnp.asarray(fake, jnp.float32),), order=1, modes=["rev"], atol=1e-2)

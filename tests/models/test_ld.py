@@ -48,3 +48,14 @@ def test_remat_keeps_the_parameter_names_and_the_gradients():
 
     grads = [jax.grad(lambda p, net=net: loss(net, p))(variables["params"]) for net in (plain, remat)]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *grads)
+
+
+def test_shape_critic_gives_one_logit_per_map_at_the_official_size():
+    critic = ld_model.ShapeDiscriminator()  # Five pools: 448 px → 14 → 10 after the unpadded convs.
+    maps = jnp.zeros((2, 448, 448, 1)).at[1, 100:300, 80:200].set(1.0)
+    variables = jax.eval_shape(critic.init, jax.random.key(0), maps[:1])
+    assert jax.eval_shape(critic.apply, variables, maps).shape == (2,)
+    small = ld_model.ShapeDiscriminator(channels=(4, 8))
+    x = maps[:, ::14, ::14]  # 32 px.
+    logits = small.apply(small.init(jax.random.key(0), x), x)
+    assert logits.shape == (2,) and float(logits[0]) != float(logits[1])

@@ -96,3 +96,29 @@ def test_remat_shrinks_the_compiled_step():
                               compile_only=True) for remat in (False, True)}
     assert plans[True]["flops_per_step"] > 1.1 * plans[False]["flops_per_step"]
     assert plans[True]["xla_temp_memory_mb"] < 0.75 * plans[False]["xla_temp_memory_mb"]
+
+
+def test_shape_prior_trains_the_critic_in_stage_two_only():
+    config = config_lib.load(SMOKE, ["shape.weight=0.5", "shape.critic_learning_rate=1.0"])
+    s = loop.setup(config, mesh=parallel.make_mesh(jax.devices()[:1]))
+    try:
+        real = np.asarray(s.first_batch["real_masks"])
+        assert real.shape == (config.batch_size, 2, config.image_size, config.image_size, 1)
+        assert set(np.unique(real)) == {0.0, 1.0}
+        step_fn = jax.jit(s.method.train_step)
+        state = s.init_fn(jax.random.key(0), s.first_batch)
+        one, metrics = step_fn(state, s.first_batch)
+        chex.assert_trees_all_equal((one.params["critic"], one.opt_state["critic"]),
+                                    (state.params["critic"], state.opt_state["critic"]))
+        np.testing.assert_allclose(metrics["loss"], metrics["patch"] + metrics["mixup"], rtol=1e-6)
+        c = config.loss
+        two, first = step_fn(state.replace(step=jnp.full_like(state.step, c.stage1_steps)), s.first_batch)
+        assert not np.allclose(two.params["critic"]["Dense_1"]["kernel"], state.params["critic"]["Dense_1"]["kernel"])
+        want = (c.patch * first["patch"] + c.mixup * first["mixup"] + c.region * first["region"]
+                + c.entropy * first["entropy"] + 0.5 * first["shape_g"])
+        np.testing.assert_allclose(first["loss"], want, rtol=1e-6)
+        for _ in range(8):  # The same batch: the critic learns to tell the masks from channel 0.
+            two, later = step_fn(two, s.first_batch)
+        assert float(later["shape_d"]) < float(first["shape_d"])
+    finally:
+        s.batches.close()
