@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib
 import importlib.util
 import json
 import pathlib
@@ -68,9 +69,31 @@ def load_run(workdir: str | pathlib.Path, overrides: Sequence[str] = ()) -> ml_c
     path = pathlib.Path(workdir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist; pass --config or point --workdir at a trained run")
-    config = apply_overrides(ml_collections.ConfigDict(json.loads(path.read_text())), overrides)
+    saved = json.loads(path.read_text())
+    config = apply_overrides(ml_collections.ConfigDict(_with_new_keys(saved)), overrides)
     validate(config, source=str(path))
     return config
+
+
+def _with_new_keys(saved: dict) -> dict:
+    """`saved` plus any key its method's config (`configs/<method>.py`, default variant) gained since.
+
+    A run trained before a feature was added stays loadable: the new keys take their defaults (features
+    start switched off) and every saved value wins.
+    """
+    try:
+        defaults = importlib.import_module(f"configs.{saved['method']}").get_config().to_dict()
+    except (KeyError, ModuleNotFoundError):  # No method, or one without a config file: validate() reports it.
+        return saved
+    return _merge(defaults, saved)
+
+
+def _merge(defaults: dict, saved: dict) -> dict:
+    out = dict(defaults)
+    for key, value in saved.items():
+        both_dicts = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+        out[key] = _merge(defaults[key], value) if both_dicts else value
+    return out
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:

@@ -64,3 +64,12 @@ def test_json_round_trip():
     data = json.loads(config_lib.to_json(config))
     assert data["train"]["num_steps"] == config.train.num_steps
     assert data["data"]["train"]["path"] is None
+
+
+def test_a_run_saved_before_a_key_existed_loads_with_its_default(tmp_path):
+    saved = json.loads(config_lib.to_json(config_lib.load(f"{ROOT / 'configs' / 'ld.py'}:smoke", ["batch_size=6"])))
+    del saved["shape"], saved["data"]["shape_masks"]  # As written by a run trained before the shape prior.
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = config_lib.load_run(tmp_path)
+    assert config.shape.weight == 0.0 and config.data.shape_masks.num_examples == 5  # configs/ld.py defaults.
+    assert config.batch_size == 6 and config.model.layers == saved["model"]["layers"]  # Saved values win.
