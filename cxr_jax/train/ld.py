@@ -43,6 +43,15 @@ def align_view2(grid: jax.Array, *, k: jax.Array, flip: jax.Array) -> jax.Array:
     return jax.vmap(one)(grid, k, flip)
 
 
+def cluster_perplexity(assignment: jax.Array) -> jax.Array:
+    """exp(entropy) of the mean assignment over all pixels [..., K]: how many clusters are in use (1 to K).
+
+    Logged each step to catch the clustering collapsing onto a few clusters, which the losses alone hide.
+    """
+    p = jnp.mean(assignment.reshape(-1, assignment.shape[-1]).astype(jnp.float32), axis=0)
+    return jnp.exp(-jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30))))
+
+
 class LD:
     """`ld_model.LDNet` trained with Adam on LD's losses (weights and stages in `config.loss`)."""
 
@@ -119,6 +128,7 @@ class LD:
         stage2 = (step >= c.stage1_steps).astype(jnp.float32)
         total = (c.patch * terms["patch"] + c.mixup * terms["mixup"]
                  + stage2 * (c.region * terms["region"] + c.entropy * terms["entropy"]))
+        terms["clusters_used"] = jax.lax.stop_gradient(cluster_perplexity(outputs["assignment"][:2 * n]))
         return total, {**terms, "stage": 1.0 + stage2}
 
     def train_step(self, state: state_lib.TrainState, batch):

@@ -66,6 +66,7 @@ def test_stage_one_leaves_the_clustering_head_alone_and_stage_two_trains_it():
         one, metrics = step_fn(state, s.first_batch)
         chex.assert_trees_all_equal(one.params["model"]["cluster"], before)
         assert float(metrics["stage"]) == 1
+        assert 1.0 <= float(metrics["clusters_used"]) <= config.model.num_clusters
         c = config.loss
         np.testing.assert_allclose(metrics["loss"], c.patch * metrics["patch"] + c.mixup * metrics["mixup"],
                                    rtol=1e-6)
@@ -122,3 +123,12 @@ def test_shape_prior_trains_the_critic_in_stage_two_only():
         assert float(later["shape_d"]) < float(first["shape_d"])
     finally:
         s.batches.close()
+
+
+def test_cluster_perplexity_counts_the_clusters_in_use():
+    k = 6
+    np.testing.assert_allclose(ld.cluster_perplexity(jnp.full((2, 4, 4, k), 1.0 / k)), k, rtol=1e-6)
+    one_hot = jax.nn.one_hot(jnp.zeros((2, 4, 4), jnp.int32), k)
+    np.testing.assert_allclose(ld.cluster_perplexity(one_hot), 1.0, rtol=1e-6)
+    halves = jax.nn.one_hot(jnp.arange(32).reshape(2, 4, 4) % 2, k)  # Two clusters, half the pixels each.
+    np.testing.assert_allclose(ld.cluster_perplexity(halves), 2.0, rtol=1e-6)
