@@ -71,7 +71,6 @@ class LD:
         self.schedule = optax.exponential_decay(config.optim.learning_rate, config.optim.halve_every, 0.5,
                                                 staircase=True)
         self.tx = {"model": optax.adam(self.schedule)}
-        self.shape_masks = None  # [M, S, S, 1] real masks for the critic (`train_data`), when shape.weight > 0.
         if config.shape.weight > 0:
             self.critic = ld_model.ShapeDiscriminator(tuple(config.shape.critic_channels))
             self.tx["critic"] = optax.adam(lambda step: self.schedule(step) * config.shape.critic_learning_rate)
@@ -81,21 +80,21 @@ class LD:
         specs = [self.config.data.train, *self.config.data.extra_train.values()]
         parts = [sources.images_only(sources.load(spec, image_size=self.config.image_size, seed=self.config.seed),
                                      spec.source) for spec in specs]
-        if self.config.shape.weight > 0:
-            self.shape_masks = _shape_masks(self.config)
-        return sources.concatenate(parts), self.preprocess_train
+        if self.config.shape.weight <= 0:
+            return sources.concatenate(parts), self.preprocess_train
+        masks = tf.constant(_shape_masks(self.config))
+        return sources.concatenate(parts), functools.partial(self.preprocess_train, shape_masks=masks)
 
-    def preprocess_train(self, example):
+    def preprocess_train(self, example, shape_masks: tf.Tensor | None = None):
         """Two views in [-1, 1] (the official Normalize(0.5, 0.5)), view 2's turn (k, flip) and mixup weight.
 
-        With the shape prior, also two augmented real masks per image (`real_masks` [2, S, S, 1]).
+        Given the shape prior's masks [M, S, S, 1], also two augmented ones per image (`real_masks`).
         """
-        views = augment.ld_views(augment.to_unit(example["image"]), example["seed"], self.config.augment)
+        view_seed, mask_seed = tf.unstack(augment.split_seed(example["seed"], 2))
+        views = augment.ld_views(augment.to_unit(example["image"]), view_seed, self.config.augment)
         out = {**views, "view1": views["view1"] * 2.0 - 1.0, "view2": views["view2"] * 2.0 - 1.0}
-        if self.shape_masks is not None:
-            seed = augment.split_seed(example["seed"], 2)[1]
-            out["real_masks"] = augment.ld_shape_masks(tf.constant(self.shape_masks), seed, self.config.augment,
-                                                       num=2)
+        if shape_masks is not None:
+            out["real_masks"] = augment.ld_shape_masks(shape_masks, mask_seed, self.config.augment, num=2)
         return out
 
     def preprocess_eval(self, example):
