@@ -265,7 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command][2](args, config)
     except (config_lib.ConfigError, DataError, FileNotFoundError) as e:
-        parser.exit(2, f"cxr-jax {args.command}: error: {e}\n")
+        message = f"cxr-jax {args.command}: error: {e}\n"
+    # Exit outside the handler: its traceback would keep the failed tf.data iterator alive until interpreter
+    # shutdown, where destroying it can abort the process ("terminate called without an active exception").
+    parser.exit(2, message)
 
 
 if __name__ == "__main__":
