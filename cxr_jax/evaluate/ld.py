@@ -33,7 +33,9 @@ RADII = (5, 10, 20)
 def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     """Landmark metrics of LD and both baselines; writes `landmarks.png` to `outdir`."""
     config = method.config
-    template, queries = (_with_landmarks(config.data[name], config) for name in ("template", "eval"))
+    loaded = {name: sources.load(config.data[name], image_size=config.image_size, seed=config.seed)
+              for name in ("template", "eval")}
+    template, queries = (_with_landmarks(loaded[name], config.data[name]) for name in ("template", "eval"))
     t_image, t_xy = template["image"][0], template["landmarks"][0]
     keys = lm.template_keys(method, state, mesh, t_image, t_xy)
     predictions = {
@@ -51,20 +53,20 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
             _figure(queries["image"], queries["landmarks"], xy, errors, outdir / "landmarks.png")
     result.update(num_queries=float(len(truth)), num_landmarks=float(truth.shape[1]))
     if config.shape.weight > 0:
-        result.update(shape_dice(method, state, mesh, outdir))
+        result.update(shape_dice(method, state, mesh, loaded["eval"], outdir))
     return result
 
 
-def shape_dice(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
-    """Hard Dice of cluster channel 0 > 0.5 against `mask_<shape.structure>` on `data.eval`; writes shape.png."""
+def shape_dice(method, state, mesh, data: dict[str, np.ndarray], outdir: pathlib.Path) -> dict[str, float]:
+    """Hard Dice of cluster channel 0 > 0.5 against `mask_<shape.structure>` of the loaded `data.eval`.
+
+    Writes shape.png.
+    """
     config = method.config
-    key = f"mask_{config.shape.structure}"
-    data = sources.load(config.data.eval, image_size=config.image_size, seed=config.seed)
-    if key not in data or "image" not in data:
-        raise ConfigError(f"data.eval ({config.data.eval.source!r}) needs in-memory images and {key!r} to score "
-                          "the shape prior")
-    keep = data["has_mask"] if "has_mask" in data else np.ones(len(data[key]), bool)
-    images, truth = data["image"][keep], data[key][keep]
+    masked = sources.with_masks(data, (config.shape.structure,), config.data.eval)
+    if "image" not in masked:
+        raise ConfigError("the shape prior's score needs in-memory eval images: set data.eval.stream to False")
+    images, truth = masked["image"], masked["masks"][..., 0]
     channel0 = functools.partial(_channel0, method)
     probs, rows = common.predict(channel0, state, {"image": images}, preprocess=method.preprocess_eval,
                                  batch_size=config.batch_size, mesh=mesh)
@@ -84,9 +86,8 @@ def landmark_metrics(errors: np.ndarray, *, prefix: str) -> dict[str, float]:
             **{f"{prefix}_sdr_{r}px": float(np.mean(errors <= r)) for r in RADII}}
 
 
-def _with_landmarks(spec, config) -> dict[str, np.ndarray]:
-    """In-memory images, landmarks and original sizes of the examples whose landmarks are all known."""
-    data = sources.load(spec, image_size=config.image_size, seed=config.seed)
+def _with_landmarks(data: dict[str, np.ndarray], spec) -> dict[str, np.ndarray]:
+    """In-memory images, landmarks and original sizes of the loaded examples whose landmarks are all known."""
     if "landmarks" not in data:
         raise ConfigError(f"data source {spec.source!r} ({spec.path}) has no landmarks; LD's evaluation needs "
                           "a set in a layout with landmarks (e.g. jsrt)")

@@ -110,8 +110,11 @@ class LD:
             params["critic"] = self.critic.init(jax.random.fold_in(rng, 1), images[:1, ..., :1])["params"]
         return state_lib.TrainState.create(params, self.tx, {"batch_stats": variables["batch_stats"]})
 
-    def losses(self, outputs: dict[str, jax.Array], batch, step: jax.Array) -> tuple[jax.Array, dict]:
-        """The weighted total and each term, from the network's outputs on [view1; view2; mixups]."""
+    def losses(self, outputs: dict[str, jax.Array], batch, stage2: jax.Array) -> tuple[jax.Array, dict]:
+        """The weighted total and each term, from the network's outputs on [view1; view2; mixups].
+
+        `stage2` is 1.0 from `loss.stage1_steps` on (region and entropy count), else 0.0.
+        """
         c = self.config.loss
         n = batch["view1"].shape[0]
         patches = losses.patch_features(outputs["embedding"], grid=c.grid)
@@ -124,7 +127,6 @@ class LD:
                                            assignment=outputs["assignment"][:2 * n])
         terms["region"] = losses.region_discrimination(regions, temperature=c.region_temperature)
         terms["entropy"] = losses.binary_entropy(outputs["assignment"][:2 * n])
-        stage2 = (step >= c.stage1_steps).astype(jnp.float32)
         total = (c.patch * terms["patch"] + c.mixup * terms["mixup"]
                  + stage2 * (c.region * terms["region"] + c.entropy * terms["entropy"]))
         terms["clusters_used"] = jax.lax.stop_gradient(cluster_perplexity(outputs["assignment"][:2 * n]))
@@ -142,7 +144,7 @@ class LD:
         def loss_fn(params):
             outputs, updates = self.model.apply({"params": params, **state.model_state}, images, train=True,
                                                 mutable=["batch_stats"])
-            loss, terms = self.losses(outputs, batch, state.step)
+            loss, terms = self.losses(outputs, batch, stage2)
             fake = outputs["assignment"][:2 * v1.shape[0], ..., :1]  # Cluster channel 0 of both views.
             if "critic" in self.tx:
                 terms["shape_g"] = losses.shape_generator(self.critic.apply({"params": state.params["critic"]}, fake))
@@ -180,12 +182,9 @@ class LD:
 
 def _shape_masks(config: ml_collections.ConfigDict) -> np.ndarray:
     """The shape prior's real masks: `mask_<shape.structure>` of `data.shape_masks` as [M, S, S, 1] floats."""
-    spec, key = config.data.shape_masks, f"mask_{config.shape.structure}"
+    spec = config.data.shape_masks
     data = sources.load(spec, image_size=config.image_size, seed=config.seed)
-    if key not in data:
-        raise ConfigError(f"data.shape_masks ({spec.source!r}, {spec.path}) has no {key!r}; shape.structure must be "
-                          f"one of {sorted(k[5:] for k in data if k.startswith('mask_'))}")
-    masks = data[key][data["has_mask"]] if "has_mask" in data else data[key]
+    masks = sources.with_masks(data, (config.shape.structure,), spec)["masks"]
     if not len(masks):
-        raise sources.DataError(f"data.shape_masks ({spec.source!r}, {spec.path}) has no {key!r} mask")
-    return masks[..., None].astype(np.float32)
+        raise sources.DataError(f"data.shape_masks ({spec.source!r}, {spec.path}) has no mask_{config.shape.structure}")
+    return masks.astype(np.float32)

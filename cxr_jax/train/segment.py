@@ -47,14 +47,7 @@ class Segment:
     def examples(self, spec: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
         """`image` (or `file`) and `masks` uint8 [N, S, S, C] of one set, in `model.structures` order."""
         data = sources.load(spec, image_size=self.config.image_size, seed=self.config.seed)
-        missing = [s for s in self.config.model.structures if f"mask_{s}" not in data]
-        if missing:
-            raise sources.DataError(f"data source {spec.source!r} at {spec.path}: no {missing} masks; "
-                                    f"model.structures needs mask_<structure> for each of them")
-        key = "image" if "image" in data else "file"
-        masks = np.stack([data[f"mask_{s}"] for s in self.config.model.structures], axis=-1)
-        keep = data.get("has_mask", np.ones(len(masks), bool))  # covid: only some images have a mask.
-        return {key: data[key][keep], "masks": masks[keep]}
+        return sources.with_masks(data, self.config.model.structures, spec)
 
     def preprocess_train(self, example):
         """One random affine for image and masks together, contrast on the image, image in [-1, 1]."""

@@ -27,7 +27,8 @@ from cxr_jax.data import phantom
 from cxr_jax.data.sources import mimic, public, rsna, shared
 from cxr_jax.data.sources.io import DataError, read_gray
 
-__all__ = ["DataError", "SOURCES", "concatenate", "describe", "images_only", "labelled_images", "load", "read_gray"]
+__all__ = ["DataError", "SOURCES", "concatenate", "describe", "images_only", "labelled_images", "load", "read_gray",
+           "with_masks"]
 
 
 def load(spec: ml_collections.ConfigDict, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
@@ -63,6 +64,18 @@ def concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         raise DataError("training sets mix streamed (file) and in-memory (image) examples, or carry different "
                         f"fields ({[sorted(p) for p in parts]}); set data.*.stream the same for every set")
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def with_masks(data: dict[str, np.ndarray], structures, spec: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """`image` (or `file`) and `masks` uint8 [N, S, S, C] (`structures` order) of the examples that have masks."""
+    missing = [s for s in structures if f"mask_{s}" not in data]
+    if missing:
+        raise DataError(f"data source {spec.source!r} at {spec.path}: no {missing} masks; each structure needs "
+                        f"mask_<structure> (this set has {sorted(k[5:] for k in data if k.startswith('mask_'))})")
+    key = "image" if "image" in data else "file"
+    masks = np.stack([data[f"mask_{s}"] for s in structures], axis=-1)
+    keep = data.get("has_mask", np.ones(len(masks), bool))  # covid: only some images have a mask.
+    return {key: data[key][keep], "masks": masks[keep]}
 
 
 def labelled_images(data: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
