@@ -218,12 +218,34 @@ def _landmarks(args, config) -> int:
     return 0
 
 
+def _add_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--baseline", required=True, nargs="+", help="evaluated classifier runs (e.g. seeds)")
+    parser.add_argument("--candidate", required=True, nargs="+", help="evaluated runs of the variant to test")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the patients")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the resampling")
+    parser.add_argument("--out", help="also write the JSON result to this file")
+
+
+def _compare(args, config) -> int:
+    del config
+    from cxr_jax.evaluate import classifier
+
+    result = classifier.compare(args.baseline, args.candidate, num_resamples=args.resamples, seed=args.seed)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        pathlib.Path(args.out).write_text(text + "\n")
+    return 0
+
+
 # name -> (help, add arguments, run(args, config or None) -> exit code). Commands with --config get it loaded
 # (commands on a trained run, `_add_run`, the run's own config when --config is absent).
 COMMANDS = {
     "train": ("train a method; resumes from the latest checkpoint in --workdir", _add_config, _train),
     "evaluate": ("evaluate the latest checkpoint; writes WORKDIR/eval/metrics.json", _add_config, _evaluate),
     "bench": ("time a method's compiled train step", _add_bench, _bench),
+    "compare": ("AUC difference of two sets of evaluated classifier runs, with a patient-bootstrap interval",
+                _add_compare, _compare),
     "data": ("list data sources; inspect a data set", _add_data, _data),
     "retrieve": ("rank images against a text query with a trained ConVIRT run", _add_retrieve, _retrieve),
     "decompose": ("a DGM run's synthesised normal, residue and saliency for images", _add_decompose, _decompose),

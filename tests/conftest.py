@@ -88,18 +88,19 @@ def data_spec(source: str, path=None, split: str = "all", **options):
 
 
 def image_folder(root, num: int = 6, bad=()) -> None:
-    """A nih1000-layout folder of num ≤ 17 distinct flat images (value 15 i + 5); `bad` rows get a corrupt file."""
+    """A nih1000-layout folder of num ≤ 17 distinct flat images (value 15 i + 5; patient i // 2); `bad` rows get a
+    corrupt file."""
     from PIL import Image
 
     (root / "images").mkdir(parents=True)
-    lines = ["image,split,abnormal"]
+    lines = ["image,split,abnormal,patient_id"]
     for i in range(num):
         path = root / "images" / f"{i}.png"
         if i in bad:
             path.write_bytes(b"not a png")
         else:
             Image.fromarray(np.full((10, 8), 15 * i + 5, np.uint8)).save(path)
-        lines.append(f"images/{i}.png,train,{i % 2}")
+        lines.append(f"images/{i}.png,train,{i % 2},{i // 2}")
     (root / "metadata.csv").write_text("\n".join(lines) + "\n")
 
 

@@ -17,6 +17,11 @@ def test_train_evaluate_bench(tmp_path):
     assert all(isinstance(v, (int, float)) for v in result.values())  # Flat, named numbers.
     assert 0.0 <= result["auc"] <= 1.0
     assert (tmp_path / "eval/roc.png").stat().st_size > 1000
+    assert result["auc_ci_low"] <= result["auc"] <= result["auc_ci_high"]
+    proc = run_cli("compare", "--baseline", str(tmp_path), "--candidate", str(tmp_path), "--resamples", "50")
+    same = json.loads(proc.stdout)  # A run against itself: no difference, on every resample.
+    assert same["delta_auc"] == same["delta_ci_low"] == same["delta_ci_high"] == 0.0
+    assert same["num_images"] == 32 and same["p_not_better"] == 1.0
 
     out = tmp_path / "bench.json"
     run_cli("bench", "--config", SMOKE, "--out", str(out), "--matmul-size", "256")
@@ -58,6 +63,10 @@ def test_streamed_training_skips_a_bad_file_and_bench_data(tmp_path):
     run_cli("evaluate", "--config", SMOKE, "--workdir", str(tmp_path / "w"), *data, *skip)
     result = json.loads((tmp_path / "w/eval/metrics.json").read_text())
     assert result["num_examples"] == 11  # The bad image is dropped from evaluation, not replaced.
+    predictions = (tmp_path / "w/eval/predictions.csv").read_text().splitlines()
+    assert predictions[0] == "name,patient,label,logit" and len(predictions) == 12
+    assert not any(row.startswith("images/5.png") for row in predictions)
+    assert predictions[6].startswith("images/6.png,3,0,")  # Rows after the bad file keep their own ids.
 
     out = tmp_path / "data.json"
     run_cli("bench", "--config", SMOKE, "--data", "--num-batches", "2", "--out", str(out), *data[:4], skip[0])

@@ -1,8 +1,17 @@
-"""Normal/abnormal classification metrics: AUC, accuracy, cross-entropy; ROC curve figure."""
+"""Normal/abnormal classification metrics: AUC with a patient-bootstrap interval, accuracy, cross-entropy.
+
+`evaluate` also writes `eval/predictions.csv` (name, patient, label, logit per image) and `roc.png`.
+`compare` reads the predictions of two sets of runs (e.g. seeds of a classifier with and without DGM residue
+features) on the same eval images and gives the AUC difference with a paired bootstrap interval: resampling
+patients, not images, because one patient's images are not independent (nih1000: 129 valid images from 55
+patients).
+"""
 
 from __future__ import annotations
 
+import csv
 import pathlib
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -11,19 +20,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
+from cxr_jax.data.sources import DataError  # noqa: E402
 from cxr_jax.evaluate import common  # noqa: E402
+
+PREDICTIONS = "predictions.csv"
 
 
 def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
-    """Scores the eval split; writes `roc.png` to `outdir`."""
+    """Scores the eval split; writes `predictions.csv` and `roc.png` to `outdir`."""
     config = method.config
     spec = config.data.eval
-    examples = method.examples(spec)
+    examples = method.examples(spec, ids=True)
+    names = examples.pop("name", np.arange(len(examples["label"])).astype(str))
+    patients = examples.pop("patient", names)  # Without patient ids every image is its own group.
     logits, rows = common.predict(method.predict, state, examples, preprocess=method.preprocess_eval,
                                   batch_size=config.batch_size, mesh=mesh, image_size=config.image_size,
                                   on_error=spec.on_error)
-    labels = examples["label"][rows]
+    labels, patients = examples["label"][rows], patients[rows]
     result = binary_metrics(labels=labels, logits=logits)
+    aucs = grouped_bootstrap_aucs(labels=labels, scores=logits[None], groups=patients,
+                                  num_resamples=config.bootstrap.num_resamples, seed=config.bootstrap.seed)[:, 0]
+    result["auc_ci_low"], result["auc_ci_high"] = (float(q) for q in np.nanpercentile(aucs, [2.5, 97.5]))
+    result["num_patients"] = float(len(np.unique(patients)))
+    _write_predictions(outdir / PREDICTIONS, names[rows], patients, labels, logits)
     _plot_roc(labels, logits, result["auc"], outdir / "roc.png")
     return result
 
@@ -36,6 +55,83 @@ def binary_metrics(*, labels: np.ndarray, logits: np.ndarray) -> dict[str, float
     bce = np.mean(np.logaddexp(0.0, logits) - labels * logits)
     return {"auc": float(auc), "accuracy": float(np.mean((logits > 0) == (labels > 0))), "loss": float(bce),
             "num_examples": float(len(labels)), "positive_fraction": float(np.mean(labels))}
+
+
+def grouped_bootstrap_aucs(*, labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, num_resamples: int,
+                           seed: int) -> np.ndarray:
+    """AUCs [num_resamples, R] of R score vectors [R, N], all on the same resamples of groups.
+
+    Each resample draws the groups with replacement; an image counts as often as its group was drawn, so an AUC
+    is the weighted Mann–Whitney statistic Σ w_i w_j [s_i > s_j] (ties ½) / (W_pos W_neg) over positive i and
+    negative j. NaN for a resample without both classes.
+    """
+    labels = np.asarray(labels) > 0
+    scores = np.atleast_2d(np.asarray(scores, np.float64))
+    _, group_of = np.unique(np.asarray(groups), return_inverse=True)
+    num_groups = group_of.max() + 1
+    draws = np.random.default_rng(seed).integers(0, num_groups, (num_resamples, num_groups))
+    counts = np.zeros((num_resamples, num_groups))
+    np.add.at(counts, (np.arange(num_resamples)[:, None], draws), 1.0)
+    weights = counts[:, group_of]  # [B, N]
+    w_pos, w_neg = weights[:, labels], weights[:, ~labels]
+    with np.errstate(invalid="ignore"):
+        total = w_pos.sum(1) * w_neg.sum(1)
+        aucs = []
+        for s in scores:
+            pos, neg = s[labels][:, None], s[~labels][None]
+            wins = (pos > neg) + 0.5 * (pos == neg)
+            aucs.append(np.einsum("bp,pn,bn->b", w_pos, wins, w_neg) / total)
+    return np.stack(aucs, axis=1)
+
+
+def compare(baseline: Sequence[str | pathlib.Path], candidate: Sequence[str | pathlib.Path], *,
+            num_resamples: int, seed: int) -> dict[str, float]:
+    """The candidate runs' mean AUC minus the baseline runs' mean AUC, with a paired patient-bootstrap interval.
+
+    Each argument lists evaluated classifier runs (e.g. one per seed); all must have scored the same images.
+    `p_not_better` is the fraction of resamples where the difference is ≤ 0 (a one-sided bootstrap p-value).
+    """
+    runs = [_read_predictions(pathlib.Path(r)) for r in (*baseline, *candidate)]
+    first = runs[0]
+    for run in runs[1:]:
+        if not (np.array_equal(run["name"], first["name"]) and np.array_equal(run["label"], first["label"])):
+            raise DataError(f"{run['path']}: scored other images (or labels) than {first['path']}; compare runs "
+                            "evaluated on the same data.eval")
+    scores = np.stack([r["logit"] for r in runs])
+    point = np.array([skm.roc_auc_score(first["label"], s) for s in scores])
+    boot = grouped_bootstrap_aucs(labels=first["label"], scores=scores, groups=first["patient"],
+                                  num_resamples=num_resamples, seed=seed)
+    nb = len(baseline)
+    delta = boot[:, nb:].mean(1) - boot[:, :nb].mean(1)
+    delta = delta[np.isfinite(delta)]
+    low, high = np.percentile(delta, [2.5, 97.5])
+    return {"baseline_auc": float(point[:nb].mean()), "baseline_auc_sd": float(point[:nb].std()),
+            "candidate_auc": float(point[nb:].mean()), "candidate_auc_sd": float(point[nb:].std()),
+            "delta_auc": float(point[nb:].mean() - point[:nb].mean()), "delta_ci_low": float(low),
+            "delta_ci_high": float(high), "p_not_better": float(np.mean(delta <= 0)),
+            "num_images": float(len(first["label"])), "num_patients": float(len(np.unique(first["patient"]))),
+            "num_baseline_runs": float(nb), "num_candidate_runs": float(len(candidate))}
+
+
+def _write_predictions(path: pathlib.Path, names, patients, labels, logits) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["name", "patient", "label", "logit"])
+        writer.writerows(zip(names, patients, (int(v) for v in labels), (f"{v:.6g}" for v in logits)))
+
+
+def _read_predictions(workdir: pathlib.Path) -> dict:
+    path = workdir / "eval" / PREDICTIONS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no predictions; run `cxr-jax evaluate` on {workdir} (a classifier run)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or set(rows[0]) != {"name", "patient", "label", "logit"}:
+        raise DataError(f"{path}: expected the columns name, patient, label, logit and at least one row")
+    return {"path": path, "name": np.array([r["name"] for r in rows]),
+            "patient": np.array([r["patient"] for r in rows]),
+            "label": np.array([int(r["label"]) for r in rows]),
+            "logit": np.array([float(r["logit"]) for r in rows])}
 
 
 def _plot_roc(labels, logits, auc: float, path: pathlib.Path) -> None:

@@ -49,10 +49,13 @@ class Classifier:
             raise ConfigError("use residues as features (model.residue_features) or for transplants "
                               "(augment.transplant), not both: a transplanted image's own residue is unknown")
 
-    def examples(self, spec: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-        """Labelled images of one set, with their DGM residues (`residue`) when `model.residue_from` is set."""
+    def examples(self, spec: ml_collections.ConfigDict, *, ids: bool = False) -> dict[str, np.ndarray]:
+        """Labelled images of one set, with their DGM residues (`residue`) when `model.residue_from` is set.
+
+        With `ids`, also their `name` and `patient` where the source has them (`sources.labelled_images`).
+        """
         data = sources.labelled_images(sources.load(spec, image_size=self.config.image_size, seed=self.config.seed),
-                                       spec.source)
+                                       spec.source, ids=ids)
         if self.config.model.residue_from:
             if "image" not in data:
                 raise ConfigError("residues are computed from images in memory: set data.*.stream=False")

@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
 
-from cxr_jax.evaluate.classifier import binary_metrics
+from cxr_jax.data.sources import DataError
+from cxr_jax.evaluate.classifier import binary_metrics, compare, grouped_bootstrap_aucs
 
 
 def _mann_whitney_auc(labels, scores):
@@ -23,3 +25,69 @@ def test_binary_metrics_match_float64_reference():
 
 def test_auc_is_nan_with_one_class():
     assert np.isnan(binary_metrics(labels=np.zeros(4), logits=np.arange(4.0))["auc"])
+
+
+def _write(workdir, names, patients, labels, logits):
+    (workdir / "eval").mkdir(parents=True)
+    rows = ["name,patient,label,logit"]
+    rows += [f"{n},{p},{y},{float(s)!r}" for n, p, y, s in zip(names, patients, labels, logits)]
+    (workdir / "eval" / "predictions.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_grouped_bootstrap_matches_resampled_patients():
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(15), rng.integers(1, 4, 15))  # 15 patients with 1–3 images each.
+    labels = rng.integers(0, 2, len(groups))
+    scores = np.round(rng.normal(labels, 1.0, (2, len(groups))), 1)
+    aucs = grouped_bootstrap_aucs(labels=labels, scores=scores, groups=[f"p{g:02d}" for g in groups],
+                                  num_resamples=20, seed=3)
+    # Reference: the same patients drawn (ids in sorted order), their images concatenated, Mann–Whitney on that.
+    draws = np.random.default_rng(3).integers(0, 15, (20, 15))
+    for b in range(20):
+        rows = np.concatenate([np.flatnonzero(groups == g) for g in draws[b]])
+        for r in range(2):
+            if len(np.unique(labels[rows])) < 2:
+                assert np.isnan(aucs[b, r])
+            else:
+                np.testing.assert_allclose(aucs[b, r], _mann_whitney_auc(labels[rows], scores[r, rows]), rtol=1e-12)
+
+
+def test_copies_of_a_patient_count_as_one_draw():
+    rng = np.random.default_rng(0)
+    labels, scores = rng.integers(0, 2, 30), rng.normal(size=30)
+    one = grouped_bootstrap_aucs(labels=labels, scores=scores, groups=np.arange(30), num_resamples=50, seed=0)
+    # Each patient imaged three times, identically: the patient bootstrap must not see 90 independent images.
+    three = grouped_bootstrap_aucs(labels=np.repeat(labels, 3), scores=np.repeat(scores, 3),
+                                   groups=np.repeat(np.arange(30), 3), num_resamples=50, seed=0)
+    np.testing.assert_allclose(three, one, rtol=1e-12)
+    by_image = grouped_bootstrap_aucs(labels=np.repeat(labels, 3), scores=np.repeat(scores, 3),
+                                      groups=np.arange(90), num_resamples=500, seed=0)
+    assert np.nanstd(by_image) < 0.75 * np.nanstd(three)  # Treating copies as independent understates the spread.
+
+
+def test_compare_finds_a_real_difference_and_only_then(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 80
+    names, patients, labels = [f"im{i}.png" for i in range(n)], [f"p{i // 2}" for i in range(n)], np.arange(n) % 2
+    for seed in range(2):
+        _write(tmp_path / f"noise{seed}", names, patients, labels, rng.normal(size=n))
+        _write(tmp_path / f"good{seed}", names, patients, labels, labels + rng.normal(0, 0.5, n))
+    noise, good = [tmp_path / "noise0", tmp_path / "noise1"], [tmp_path / "good0", tmp_path / "good1"]
+    result = compare(noise, good, num_resamples=500, seed=0)
+    point = [_mann_whitney_auc(labels, np.loadtxt(d / "eval/predictions.csv", delimiter=",", skiprows=1,
+                                                  usecols=3)) for d in (*noise, *good)]
+    np.testing.assert_allclose(result["delta_auc"], np.mean(point[2:]) - np.mean(point[:2]), rtol=1e-12)
+    assert result["delta_ci_low"] > 0.2 and result["p_not_better"] == 0.0 and result["num_patients"] == 40
+    reverse = compare(good, noise, num_resamples=500, seed=0)
+    assert reverse["delta_ci_high"] < -0.2 and reverse["p_not_better"] == 1.0
+    tie = compare(noise[:1], noise[1:], num_resamples=500, seed=0)  # Two noise seeds: the interval spans 0.
+    assert tie["delta_ci_low"] < 0 < tie["delta_ci_high"]
+
+
+def test_compare_rejects_runs_on_other_images(tmp_path):
+    _write(tmp_path / "a", ["x.png", "y.png"], ["1", "2"], [0, 1], [0.1, 0.2])
+    _write(tmp_path / "b", ["x.png", "z.png"], ["1", "2"], [0, 1], [0.1, 0.2])
+    with pytest.raises(DataError, match="b/eval/predictions.csv: scored other images"):
+        compare([tmp_path / "a"], [tmp_path / "b"], num_resamples=10, seed=0)
+    with pytest.raises(FileNotFoundError, match="run `cxr-jax evaluate`"):
+        compare([tmp_path / "a"], [tmp_path / "missing"], num_resamples=10, seed=0)

@@ -5,6 +5,7 @@ A loader returns a dict of NumPy arrays sharing their leading length N. Keys, wh
   label        int32 [N]           1 abnormal, 0 normal, -1 unknown
   orig_size    int32 [N, 2]        (height, width) before resizing
   name         object [N]          the file the example came from
+  patient      object [N]          the patient (nih1000, covid), for patient-grouped statistics
   mask_lungs, mask_heart, mask_clavicles   uint8 [N, S, S] (0/1); `has_mask` bool [N] where only some have one
   mask_left_lung, mask_right_lung          uint8 [N, S, S] (jsrt; the patient's sides)
   landmarks    float32 [N, K, 2]   (x, y) in resized pixels, NaN where absent
@@ -78,15 +79,20 @@ def with_masks(data: dict[str, np.ndarray], structures, spec: ml_collections.Con
     return {key: data[key][keep], "masks": masks[keep]}
 
 
-def labelled_images(data: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
-    """`image` (or, streamed, `file`) and `label` of the examples whose label is known (0 or 1)."""
+def labelled_images(data: dict[str, np.ndarray], source: str, *, ids: bool = False) -> dict[str, np.ndarray]:
+    """`image` (or, streamed, `file`) and `label` of the examples whose label is known (0 or 1).
+
+    With `ids`, also the string `name` and `patient` where the source has them (for per-image predictions and
+    patient-grouped statistics; strings cannot enter a jitted step, so callers take them out first).
+    """
     key = "image" if "image" in data else "file"
     if key not in data:
         raise DataError(f"data source {source!r} has no images")
     keep = data["label"] >= 0
     if not keep.any():
         raise DataError(f"data source {source!r}: no example has a known normal/abnormal label")
-    return {key: data[key][keep], "label": data["label"][keep]}
+    keys = (key, "label", *(("name", "patient") if ids else ()))
+    return {k: data[k][keep] for k in keys if k in data}
 
 
 def describe(data: dict[str, np.ndarray]) -> dict:

@@ -56,6 +56,8 @@ def load_nih1000(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
         if r["abnormal"] not in ("0", "1"):
             raise DataError(f"{meta}: row {line}: abnormal must be 0 or 1, got {r['abnormal']!r}")
         example = {"file": root / r["image"], "label": int(r["abnormal"]), "name": r["image"]}
+        if "patient_id" in r:
+            example["patient"] = r["patient_id"]
         if "finding_labels" in r:
             example["findings"] = public.nih_findings(r["finding_labels"], meta, line)
         return example
@@ -140,8 +142,8 @@ def load_covid(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
         has_mask = bool(r["lung_mask"].strip())
         mask = (read_gray(root / r["lung_mask"], image_size, mask=True)[0] if has_mask
                 else np.zeros((image_size, image_size), np.uint8))
-        return {"file": root / r["image"], "name": r["image"], "mask_lungs": mask, "has_mask": has_mask,
-                "label": 0 if finding == "No Finding" else -1 if finding in ("", "todo") else 1,
+        return {"file": root / r["image"], "name": r["image"], "patient": r["patient_id"], "mask_lungs": mask,
+                "has_mask": has_mask, "label": 0 if finding == "No Finding" else -1 if finding in ("", "todo") else 1,
                 "text": r["clinical_notes"]}
 
     return collect(rows, read_row, spec=spec, image_size=image_size, where=f"covid {spec.split}")
