@@ -102,3 +102,18 @@ def test_streaming_from_files_trains_exactly_as_from_memory(tmp_path):
     memory = _train(tmp_path / "memory", *data)
     streamed = _train(tmp_path / "streamed", *data, "data.train.stream=True")
     assert_trees_equal(jax.device_get(memory.params), jax.device_get(streamed.params))
+
+
+def test_dispatch_runs_at_most_max_in_flight_steps_ahead():
+    @jax.jit
+    def step(x):  # ~0.1 s of matmuls, chained like the train state: unbounded, every step would queue at once.
+        return jax.lax.fori_loop(0, 40, lambda _, y: jnp.tanh(y @ y / 512), x)
+
+    x, pending = jnp.eye(512), []
+    jax.block_until_ready(step(x))  # Compiled before the loop.
+    for i in range(6):
+        x = step(x)
+        pending.append((i, x))
+        loop.wait_for_all_but(pending, loop.MAX_IN_FLIGHT)
+        assert all(out.is_ready() for _, out in pending[:-loop.MAX_IN_FLIGHT])
+    assert not pending[-1][1].is_ready()  # Dispatch still runs ahead: the last step is being computed.
