@@ -11,6 +11,8 @@ A method supplies what the shared loop cannot know: its data and preprocessing, 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -42,7 +44,6 @@ class Classifier:
         self.schedule = optax.warmup_cosine_decay_schedule(
             0.0, config.optim.learning_rate, config.optim.warmup_steps, config.train.num_steps)
         self.tx = {"model": optax.adamw(self.schedule, weight_decay=config.optim.weight_decay)}
-        self.donors = None  # Abnormal training residues [N, S, S, 1] for `augment.transplant`.
         if (m.residue_features or config.augment.transplant) and not m.residue_from:
             raise ConfigError("model.residue_features and augment.transplant need model.residue_from (a DGM run)")
         if m.residue_features and config.augment.transplant:
@@ -64,22 +65,25 @@ class Classifier:
         return data
 
     def train_data(self):
-        """Host-side training examples and the per-example tf.data preprocessing."""
-        examples = self.examples(self.config.data.train)
-        if self.config.augment.transplant:
-            self.donors = examples["residue"][examples["label"] == 1]
-            if not len(self.donors):
-                raise sources.DataError("augment.transplant needs abnormal training images to take residues from")
-        if not self.config.model.residue_features:
-            examples.pop("residue", None)
-        return examples, self.preprocess_train
+        """Host-side training examples and the per-example tf.data preprocessing.
 
-    def preprocess_train(self, example):
-        """Random shift and contrast, then [-1, 1] floats; residue channel or transplant if configured."""
+        With `augment.transplant`, the abnormal training images' residues become the preprocessing's donors.
+        """
+        examples = self.examples(self.config.data.train)
+        residues = examples["residue"] if self.config.model.residue_features else examples.pop("residue", None)
+        if not self.config.augment.transplant:
+            return examples, self.preprocess_train
+        donors = residues[examples["label"] == 1]
+        if not len(donors):
+            raise sources.DataError("augment.transplant needs abnormal training images to take residues from")
+        return examples, functools.partial(self.preprocess_train, donors=donors)
+
+    def preprocess_train(self, example, donors: np.ndarray | None = None):
+        """Random shift and contrast, then [-1, 1] floats; the residue channel, or a transplant from `donors`."""
         shift_seed, contrast_seed, transplant_seed = tf.unstack(augment.split_seed(example["seed"], 3))
         image, label = augment.to_float(example["image"]), example["label"]
-        if self.donors is not None:
-            image, label = self._transplant(image, label, transplant_seed)
+        if donors is not None:
+            image, label = self._transplant(image, label, donors, transplant_seed)
         image = augment.random_shift(image, shift_seed, self.config.augment.max_shift)
         image = augment.random_contrast(image, contrast_seed, self.config.augment.contrast)
         if "residue" in example:
@@ -87,13 +91,12 @@ class Classifier:
             image = tf.concat([image, residue], axis=-1)
         return {"image": image, "label": label}
 
-    def _transplant(self, image, label, seed):
+    def _transplant(self, image, label, donors: np.ndarray, seed):
         """With probability `augment.transplant`, a normal image gets a random donor residue and label 1."""
         coin_seed, donor_seed = tf.unstack(augment.split_seed(seed, 2))
-        donors = tf.constant(self.donors)
         chosen = tf.logical_and(tf.equal(label, 0),
                                 tf.random.stateless_uniform([], coin_seed) < self.config.augment.transplant)
-        donor = donors[tf.random.stateless_uniform([], donor_seed, 0, len(self.donors), dtype=tf.int32)]
+        donor = tf.constant(donors)[tf.random.stateless_uniform([], donor_seed, 0, len(donors), dtype=tf.int32)]
         image = tf.where(chosen, augment.transplant_residue(image, donor), image)
         return image, tf.where(chosen, tf.ones_like(label), label)
 

@@ -48,7 +48,8 @@ def test_transplant_turns_normal_images_into_abnormal_ones(dgm_run):
                      "augment.contrast=0.0")
     method = classifier.Classifier(config)
     examples, preprocess = method.train_data()
-    assert "residue" not in examples and len(method.donors) == int((examples["label"] == 1).sum()) > 0
+    donors = preprocess.keywords["donors"]
+    assert "residue" not in examples and len(donors) == int((examples["label"] == 1).sum()) > 0
     normal, abnormal = np.flatnonzero(examples["label"] == 0)[0], np.flatnonzero(examples["label"] == 1)[0]
     for i, label in ((normal, 1), (abnormal, 1)):
         out = preprocess({"image": tf.constant(examples["image"][i]), "label": tf.constant(examples["label"][i]),
@@ -56,7 +57,7 @@ def test_transplant_turns_normal_images_into_abnormal_ones(dgm_run):
         assert int(out["label"]) == label
         base = examples["image"][i].astype(np.float32) / 127.5 - 1.0
         if i == normal:  # Exactly one donor's residue was added (and clipped to [-1, 1]).
-            errors = [np.abs(out["image"].numpy() - np.clip(base + d, -1, 1)).max() for d in method.donors]
+            errors = [np.abs(out["image"].numpy() - np.clip(base + d, -1, 1)).max() for d in donors]
             assert min(errors) < 1e-6
         else:
             np.testing.assert_allclose(out["image"].numpy(), base, atol=1e-6)
