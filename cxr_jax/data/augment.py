@@ -19,6 +19,11 @@ def to_float(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
+def float_image(example: dict) -> dict:
+    """An eval example with its image as [-1, 1] floats and nothing else changed (no augmentation)."""
+    return {**example, "image": to_float(example["image"])}
+
+
 def to_unit(image: tf.Tensor) -> tf.Tensor:
     """uint8 [0, 255] → float32 [0, 1]."""
     return tf.cast(image, tf.float32) / 255.0

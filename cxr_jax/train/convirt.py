@@ -77,9 +77,7 @@ class ConVIRT:
         return {"image": image * 2.0 - 1.0, "input_ids": ids,
                 "attention_mask": tf.cast(ids != self.tokenizer.pad_id, tf.int32)}
 
-    def preprocess_eval(self, example):
-        """Eval images: [-1, 1] floats, no augmentation."""
-        return {**example, "image": augment.to_float(example["image"])}
+    preprocess_eval = staticmethod(augment.float_image)  # Eval images: [-1, 1] floats, no augmentation.
 
     # --- Model -----------------------------------------------------------------------------------------------
 
