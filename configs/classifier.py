@@ -42,9 +42,6 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.augment.contrast = 0.2  # Contrast factor drawn from [1 - x, 1 + x].
     c.augment.transplant = 0.0  # Probability that a normal image gets an abnormal one's residue (label 1).
 
-    # `evaluate`'s 95 % interval of the AUC: patients (images where a source has no patient ids) resampled.
-    c.bootstrap = ml_collections.ConfigDict(dict(num_resamples=2000, seed=0))
-
     c.data.train.num_examples = 1024
     c.data.eval.num_examples = 256
 

@@ -76,6 +76,14 @@ def assert_trees_equal(a, b, rtol: float = 0.0, atol: float = 0.0) -> None:
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
+def mann_whitney_auc(labels, scores) -> float:
+    """The float64 reference AUC: the fraction of (positive, negative) pairs ranked right, ties ½."""
+    labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return greater / (len(pos) * len(neg))
+
+
 def data_spec(source: str, path=None, split: str = "all", **options):
     """A data spec with the config defaults (configs/common.py) and these fields."""
     from configs import common

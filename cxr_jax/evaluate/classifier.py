@@ -38,9 +38,8 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
                                   on_error=spec.on_error)
     labels, patients = examples["label"][rows], patients[rows]
     result = binary_metrics(labels=labels, logits=logits)
-    aucs = grouped_bootstrap_aucs(labels=labels, scores=logits[None], groups=patients,
-                                  num_resamples=config.bootstrap.num_resamples, seed=config.bootstrap.seed)[:, 0]
-    result["auc_ci_low"], result["auc_ci_high"] = (float(q) for q in np.nanpercentile(aucs, [2.5, 97.5]))
+    result["auc_ci_low"], result["auc_ci_high"] = common.auc_interval(labels=labels, scores=logits, groups=patients,
+                                                                      cfg=config.bootstrap)
     result["num_patients"] = float(len(np.unique(patients)))
     _write_predictions(outdir / PREDICTIONS, names[rows], patients, labels, logits)
     _plot_roc(labels, logits, result["auc"], outdir / "roc.png")
@@ -55,33 +54,6 @@ def binary_metrics(*, labels: np.ndarray, logits: np.ndarray) -> dict[str, float
     bce = np.mean(np.logaddexp(0.0, logits) - labels * logits)
     return {"auc": float(auc), "accuracy": float(np.mean((logits > 0) == (labels > 0))), "loss": float(bce),
             "num_examples": float(len(labels)), "positive_fraction": float(np.mean(labels))}
-
-
-def grouped_bootstrap_aucs(*, labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, num_resamples: int,
-                           seed: int) -> np.ndarray:
-    """AUCs [num_resamples, R] of R score vectors [R, N], all on the same resamples of groups.
-
-    Each resample draws the groups with replacement; an image counts as often as its group was drawn, so an AUC
-    is the weighted Mann–Whitney statistic Σ w_i w_j [s_i > s_j] (ties ½) / (W_pos W_neg) over positive i and
-    negative j. NaN for a resample without both classes.
-    """
-    labels = np.asarray(labels) > 0
-    scores = np.atleast_2d(np.asarray(scores, np.float64))
-    _, group_of = np.unique(np.asarray(groups), return_inverse=True)
-    num_groups = group_of.max() + 1
-    draws = np.random.default_rng(seed).integers(0, num_groups, (num_resamples, num_groups))
-    counts = np.zeros((num_resamples, num_groups))
-    np.add.at(counts, (np.arange(num_resamples)[:, None], draws), 1.0)
-    weights = counts[:, group_of]  # [B, N]
-    w_pos, w_neg = weights[:, labels], weights[:, ~labels]
-    with np.errstate(invalid="ignore"):
-        total = w_pos.sum(1) * w_neg.sum(1)
-        aucs = []
-        for s in scores:
-            pos, neg = s[labels][:, None], s[~labels][None]
-            wins = (pos > neg) + 0.5 * (pos == neg)
-            aucs.append(np.einsum("bp,pn,bn->b", w_pos, wins, w_neg) / total)
-    return np.stack(aucs, axis=1)
 
 
 def compare(baseline: Sequence[str | pathlib.Path], candidate: Sequence[str | pathlib.Path], *,
@@ -99,7 +71,7 @@ def compare(baseline: Sequence[str | pathlib.Path], candidate: Sequence[str | pa
                             "evaluated on the same data.eval")
     scores = np.stack([r["logit"] for r in runs])
     point = np.array([skm.roc_auc_score(first["label"], s) for s in scores])
-    boot = grouped_bootstrap_aucs(labels=first["label"], scores=scores, groups=first["patient"],
+    boot = common.grouped_bootstrap_aucs(labels=first["label"], scores=scores, groups=first["patient"],
                                   num_resamples=num_resamples, seed=seed)
     nb = len(baseline)
     delta = boot[:, nb:].mean(1) - boot[:, :nb].mean(1)

@@ -3,7 +3,7 @@
 From the eval split's residue maps r (scores |r| by default, `saliency.polarity`):
   image_auc    normal vs abnormal from each image's score: the mean of its top `saliency.image_top_fraction`
                pixel scores inside the lungs (the data's lung mask, else the `saliency.lung_segmenter` run's,
-               else the whole image)
+               else the whole image); `image_auc_ci_low/high` its 95 % interval from a patient bootstrap
   pixel_auroc, pixel_ap   every pixel of the images with lesion masks (normal images: all negative)
   best_dice    the best Dice over one global threshold of the pixel scores (= the best F1 of the pixels)
   hit_rate     fraction of lesions (box centres: `nodule_x`/`nodule_y` for jsrt) inside the box of a
@@ -45,9 +45,12 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
         images = (picked["image"] if "image" in picked else  # Streamed: read the files again.
                   np.stack([sources.read_gray(f, config.image_size)[0] for f in data["file"][keep][rows]]))
         picked["mask_lungs"] = segment.Segmenter(config.saliency.lung_segmenter).lungs(images)
+    groups = data["patient"][keep][rows] if "patient" in data else np.arange(len(rows))
     result, scored = anomaly_metrics(outputs["residue"][..., 0], picked, config.saliency)
+    result.update(_auc_interval(picked["label"], scored["image_scores"], groups, config.bootstrap))
     if "ae_residue" in outputs:  # The baseline's reconstruction error, scored the same way.
-        ae_result, _ = anomaly_metrics(outputs["ae_residue"][..., 0], picked, config.saliency)
+        ae_result, ae_scored = anomaly_metrics(outputs["ae_residue"][..., 0], picked, config.saliency)
+        ae_result.update(_auc_interval(picked["label"], ae_scored["image_scores"], groups, config.bootstrap))
         result.update({f"ae_{k}": v for k, v in ae_result.items() if not k.startswith("num_")})
     if "image" in picked:
         _plot_cases(picked, outputs, scored, outdir / "cases.png")
@@ -90,6 +93,14 @@ def anomaly_metrics(maps: np.ndarray, data: dict[str, np.ndarray], cfg) -> tuple
             result["hit_rate_chance"] = float(np.mean(covered))
     result["components_per_image"] = float(np.mean([len(f["components"]) for f in found]))
     return result, {"image_scores": image_scores, "saliency": found}
+
+
+def _auc_interval(labels, image_scores, groups, cfg) -> dict[str, float]:
+    """`image_auc_ci_low/high`: the patient-bootstrap interval of `image_auc` (nothing with one class)."""
+    if len(np.unique(labels)) < 2:
+        return {}
+    low, high = common.auc_interval(labels=labels, scores=image_scores, groups=groups, cfg=cfg)
+    return {"image_auc_ci_low": low, "image_auc_ci_high": high}
 
 
 def _top_mean(values: np.ndarray, fraction: float) -> float:

@@ -2,13 +2,8 @@ import numpy as np
 import pytest
 
 from cxr_jax.data.sources import DataError
-from cxr_jax.evaluate.classifier import binary_metrics, compare, grouped_bootstrap_aucs
-
-
-def _mann_whitney_auc(labels, scores):
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return greater / (len(pos) * len(neg))
+from cxr_jax.evaluate.classifier import binary_metrics, compare
+from tests.conftest import mann_whitney_auc
 
 
 def test_binary_metrics_match_float64_reference():
@@ -16,7 +11,7 @@ def test_binary_metrics_match_float64_reference():
     labels = rng.integers(0, 2, 200)
     logits = np.round(rng.normal(labels * 0.8, 1.0), 1)  # Rounded: ties exercise the ½ credit.
     result = binary_metrics(labels=labels, logits=logits)
-    np.testing.assert_allclose(result["auc"], _mann_whitney_auc(labels, logits), rtol=1e-12)
+    np.testing.assert_allclose(result["auc"], mann_whitney_auc(labels, logits), rtol=1e-12)
     p = 1 / (1 + np.exp(-logits))
     np.testing.assert_allclose(result["loss"], np.mean(-(labels * np.log(p) + (1 - labels) * np.log(1 - p))),
                                rtol=1e-10)
@@ -34,37 +29,6 @@ def _write(workdir, names, patients, labels, logits):
     (workdir / "eval" / "predictions.csv").write_text("\n".join(rows) + "\n")
 
 
-def test_grouped_bootstrap_matches_resampled_patients():
-    rng = np.random.default_rng(1)
-    groups = np.repeat(np.arange(15), rng.integers(1, 4, 15))  # 15 patients with 1–3 images each.
-    labels = rng.integers(0, 2, len(groups))
-    scores = np.round(rng.normal(labels, 1.0, (2, len(groups))), 1)
-    aucs = grouped_bootstrap_aucs(labels=labels, scores=scores, groups=[f"p{g:02d}" for g in groups],
-                                  num_resamples=20, seed=3)
-    # Reference: the same patients drawn (ids in sorted order), their images concatenated, Mann–Whitney on that.
-    draws = np.random.default_rng(3).integers(0, 15, (20, 15))
-    for b in range(20):
-        rows = np.concatenate([np.flatnonzero(groups == g) for g in draws[b]])
-        for r in range(2):
-            if len(np.unique(labels[rows])) < 2:
-                assert np.isnan(aucs[b, r])
-            else:
-                np.testing.assert_allclose(aucs[b, r], _mann_whitney_auc(labels[rows], scores[r, rows]), rtol=1e-12)
-
-
-def test_copies_of_a_patient_count_as_one_draw():
-    rng = np.random.default_rng(0)
-    labels, scores = rng.integers(0, 2, 30), rng.normal(size=30)
-    one = grouped_bootstrap_aucs(labels=labels, scores=scores, groups=np.arange(30), num_resamples=50, seed=0)
-    # Each patient imaged three times, identically: the patient bootstrap must not see 90 independent images.
-    three = grouped_bootstrap_aucs(labels=np.repeat(labels, 3), scores=np.repeat(scores, 3),
-                                   groups=np.repeat(np.arange(30), 3), num_resamples=50, seed=0)
-    np.testing.assert_allclose(three, one, rtol=1e-12)
-    by_image = grouped_bootstrap_aucs(labels=np.repeat(labels, 3), scores=np.repeat(scores, 3),
-                                      groups=np.arange(90), num_resamples=500, seed=0)
-    assert np.nanstd(by_image) < 0.75 * np.nanstd(three)  # Treating copies as independent understates the spread.
-
-
 def test_compare_finds_a_real_difference_and_only_then(tmp_path):
     rng = np.random.default_rng(0)
     n = 80
@@ -74,7 +38,7 @@ def test_compare_finds_a_real_difference_and_only_then(tmp_path):
         _write(tmp_path / f"good{seed}", names, patients, labels, labels + rng.normal(0, 0.5, n))
     noise, good = [tmp_path / "noise0", tmp_path / "noise1"], [tmp_path / "good0", tmp_path / "good1"]
     result = compare(noise, good, num_resamples=500, seed=0)
-    point = [_mann_whitney_auc(labels, np.loadtxt(d / "eval/predictions.csv", delimiter=",", skiprows=1,
+    point = [mann_whitney_auc(labels, np.loadtxt(d / "eval/predictions.csv", delimiter=",", skiprows=1,
                                                   usecols=3)) for d in (*noise, *good)]
     np.testing.assert_allclose(result["delta_auc"], np.mean(point[2:]) - np.mean(point[:2]), rtol=1e-12)
     assert result["delta_ci_low"] > 0.2 and result["p_not_better"] == 0.0 and result["num_patients"] == 40

@@ -80,3 +80,6 @@ def test_evaluate_cli_writes_metrics_and_cases(dgm_run):
     want = skm.roc_auc_score(data["mask_lesion"].ravel() > 0, error.ravel())
     assert metrics["ae_pixel_auroc"] == pytest.approx(want, abs=1e-6)
     assert {"ae_image_auc", "ae_best_dice", "ae_hit_rate", "ae_hit_rate_chance"} <= set(metrics)
+    for prefix in ("", "ae_"):
+        assert metrics[f"{prefix}image_auc_ci_low"] <= metrics[f"{prefix}image_auc"] <= metrics[
+            f"{prefix}image_auc_ci_high"]
