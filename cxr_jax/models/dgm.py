@@ -120,6 +120,14 @@ class ResBlock(nn.Module):
         return x + y
 
 
+def blocks(remat: bool) -> tuple[type[nn.Module], type[nn.Module]]:
+    """(ConvBlock, ResBlock), or versions that recompute their activations in the backward pass.
+
+    Callers name the blocks explicitly (`ConvBlock_i`, `ResBlock_i`), so parameters are the same either way.
+    """
+    return (nn.remat(ConvBlock), nn.remat(ResBlock)) if remat else (ConvBlock, ResBlock)
+
+
 class Encoder(nn.Module):
     """conv7 → n_down × conv4/stride 2 (channels doubling) → n_res residual blocks, every conv normed by `norm`.
 
@@ -131,15 +139,17 @@ class Encoder(nn.Module):
     n_res: int = 4
     norm: str = "in"
     dtype: Dtype = jnp.float32
+    remat: bool = False  # Recompute each block in the backward pass instead of storing its activations.
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """NHWC image in [-1, 1] → content code."""
-        x = ConvBlock(self.dim, 7, norm=self.norm, dtype=self.dtype)(x)
+        conv, res = blocks(self.remat)
+        x = conv(self.dim, 7, norm=self.norm, dtype=self.dtype, name="ConvBlock_0")(x)
         for i in range(self.n_down):
-            x = ConvBlock(self.dim * 2 ** (i + 1), 4, 2, norm=self.norm, dtype=self.dtype)(x)
-        for _ in range(self.n_res):
-            x = ResBlock(self.norm, dtype=self.dtype)(x)
+            x = conv(self.dim * 2 ** (i + 1), 4, 2, norm=self.norm, dtype=self.dtype, name=f"ConvBlock_{i + 1}")(x)
+        for i in range(self.n_res):
+            x = res(self.norm, dtype=self.dtype, name=f"ResBlock_{i}")(x)
         return x
 
 
@@ -151,17 +161,19 @@ class Decoder(nn.Module):
     res_norm: str = "in"  # 'adain' takes per-block parameters at call time.
     out_channels: int = 1
     dtype: Dtype = jnp.float32
+    remat: bool = False  # As `Encoder.remat`.
 
     @nn.compact
     def __call__(self, x: jax.Array, adain: list | None = None) -> jax.Array:
         """Code [B, h, w, C] → image [B, h·2^n_up, w·2^n_up, out_channels] in (-1, 1), float32."""
+        conv, res = blocks(self.remat)
         for i in range(self.n_res):
-            x = ResBlock(self.res_norm, dtype=self.dtype)(x, adain[i] if adain is not None else None)
-        for _ in range(self.n_up):
+            x = res(self.res_norm, dtype=self.dtype, name=f"ResBlock_{i}")(x, adain[i] if adain is not None else None)
+        for i in range(self.n_up):
             b, h, w, c = x.shape
             x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
-            x = ConvBlock(c // 2, 5, norm="ln", dtype=self.dtype)(x)
-        x = ConvBlock(self.out_channels, 7, activation="tanh", dtype=self.dtype)(x)
+            x = conv(c // 2, 5, norm="ln", dtype=self.dtype, name=f"ConvBlock_{i}")(x)
+        x = ConvBlock(self.out_channels, 7, activation="tanh", dtype=self.dtype, name=f"ConvBlock_{self.n_up}")(x)
         return x.astype(jnp.float32)
 
 
@@ -189,6 +201,7 @@ class JointDecoder(nn.Module):
     mlp_dim: int = 256
     mlp_blocks: int = 3
     dtype: Dtype = jnp.float32
+    remat: bool = False  # As `Encoder.remat`.
 
     @nn.compact
     def __call__(self, c_z: jax.Array, c_s: jax.Array) -> jax.Array:
@@ -200,7 +213,7 @@ class JointDecoder(nn.Module):
         chunks = jnp.split(params, self.n_res * 4, axis=-1)
         adain = [((chunks[4 * i + 1], chunks[4 * i]), (chunks[4 * i + 3], chunks[4 * i + 2]))
                  for i in range(self.n_res)]
-        return Decoder(self.n_up, self.n_res, "adain", dtype=self.dtype)(x, adain)
+        return Decoder(self.n_up, self.n_res, "adain", dtype=self.dtype, remat=self.remat)(x, adain)
 
 
 class Generator(nn.Module):
@@ -212,14 +225,16 @@ class Generator(nn.Module):
     mlp_dim: int = 256
     residue_res_norm: str = "none"  # D_F's residual blocks: none (as E_F) or in.
     dtype: Dtype = jnp.float32
+    remat: bool = False  # Recompute each conv and residual block in the backward pass (less memory).
 
     def setup(self):
         """The five sub-networks, named as in the paper."""
-        self.e_g = Encoder(self.dim, self.n_down, self.n_res, "in", self.dtype)
-        self.e_f = Encoder(self.dim, self.n_down, self.n_res, "none", self.dtype)
-        self.d_g = Decoder(self.n_down, self.n_res, "in", dtype=self.dtype)
-        self.d_f = Decoder(self.n_down, self.n_res, self.residue_res_norm, dtype=self.dtype)
-        self.d_j = JointDecoder(self.n_down, self.n_res, self.mlp_dim, dtype=self.dtype)
+        r = self.remat
+        self.e_g = Encoder(self.dim, self.n_down, self.n_res, "in", self.dtype, r)
+        self.e_f = Encoder(self.dim, self.n_down, self.n_res, "none", self.dtype, r)
+        self.d_g = Decoder(self.n_down, self.n_res, "in", dtype=self.dtype, remat=r)
+        self.d_f = Decoder(self.n_down, self.n_res, self.residue_res_norm, dtype=self.dtype, remat=r)
+        self.d_j = JointDecoder(self.n_down, self.n_res, self.mlp_dim, dtype=self.dtype, remat=r)
 
     def __call__(self, z: jax.Array) -> dict[str, jax.Array]:
         """Z [B, H, W, 1] in [-1, 1] → {'normal': y′, 'residue': r, 'recon': z″}, each [B, H, W, 1] float32."""
