@@ -3,7 +3,7 @@
 `evaluate` also writes `eval/predictions.csv` (name, patient, label, logit per image) and `roc.png`.
 `compare` reads the predictions of two sets of runs (e.g. seeds of a classifier with and without DGM residue
 features) on the same eval images and gives the AUC difference with a paired bootstrap interval: resampling
-patients, not images, because one patient's images are not independent (nih1000: 129 valid images from 55
+patients, not images, because one patient's images are not independent (nih1000: 129 valid images from 44
 patients).
 """
 
@@ -72,7 +72,7 @@ def compare(baseline: Sequence[str | pathlib.Path], candidate: Sequence[str | pa
     scores = np.stack([r["logit"] for r in runs])
     point = np.array([skm.roc_auc_score(first["label"], s) for s in scores])
     boot = common.grouped_bootstrap_aucs(labels=first["label"], scores=scores, groups=first["patient"],
-                                  num_resamples=num_resamples, seed=seed)
+                                         num_resamples=num_resamples, seed=seed)
     nb = len(baseline)
     delta = boot[:, nb:].mean(1) - boot[:, :nb].mean(1)
     delta = delta[np.isfinite(delta)]
