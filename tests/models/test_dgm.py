@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cxr_jax import parallel
 from cxr_jax.models import dgm
 
 RNG = np.random.default_rng(0)
@@ -84,17 +85,25 @@ def test_joint_decoder_is_styled_by_the_residue_code():
     np.testing.assert_allclose(mlp_out, want, rtol=1e-6)
 
 
-def test_remat_keeps_parameters_outputs_and_gradients():
-    z = jnp.asarray(RNG.uniform(-1, 1, (2, 32, 32, 1)), jnp.float32)
-    plain, remat = _generator(), dgm.Generator(dim=4, n_down=2, n_res=1, mlp_dim=8, remat=True)
-    variables = plain.init(jax.random.key(0), z)
-    # The same parameter tree, so checkpoints load with remat on or off.
-    assert jax.tree.structure(remat.init(jax.random.key(0), z)) == jax.tree.structure(variables)
+def _loss(params, model, z):
+    return sum(jnp.mean(v**2) for v in model.apply({"params": params}, z).values())
 
-    def loss(params, model):
-        out = model.apply({"params": params}, z)
-        return sum(jnp.mean(v**2) for v in out.values())
 
-    for a, b in zip(jax.tree.leaves(jax.grad(loss)(variables["params"], plain)),
-                    jax.tree.leaves(jax.grad(loss)(variables["params"], remat))):
+def test_remat_keeps_parameters_and_gradients_and_stores_less():
+    z = jnp.asarray(RNG.uniform(-1, 1, (2, 16, 16, 1)), jnp.float32)
+    models = {remat: dgm.Generator(dim=4, n_down=1, n_res=1, mlp_dim=8, remat=remat) for remat in (False, True)}
+    params = jax.jit(models[False].init)(jax.random.key(0), z)["params"]
+    shapes = jax.eval_shape(models[True].init, jax.random.key(0), z)["params"]
+    assert jax.tree.structure(shapes) == jax.tree.structure(params)  # Checkpoints load with remat on or off.
+    options = parallel.compiler_options(parallel.make_mesh(jax.devices()[:1]))  # As the train step compiles.
+    grads, temp, flops = {}, {}, {}
+    for remat, model in models.items():
+        compiled = jax.jit(jax.grad(_loss), static_argnums=1, compiler_options=options).lower(
+            params, model, z).compile()
+        grads[remat] = compiled(params, z)
+        temp[remat] = compiled.memory_analysis().temp_size_in_bytes
+        flops[remat] = compiled.cost_analysis()["flops"]
+    for a, b in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert flops[True] > 1.1 * flops[False]  # The forward pass runs again inside the backward pass ...
+    assert temp[True] < 0.75 * temp[False]  # ... instead of keeping every block's activations.
