@@ -38,5 +38,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["cxr_jax", "cxr_jax.*", "configs", "launch", "tests"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["cxr-jax = cxr_jax.main:main"]},
+    entry_points={"console_scripts": ["cxr-jax = cxr_jax.main:entry_point"]},
 )

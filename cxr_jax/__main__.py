@@ -1,7 +1,5 @@
 """`python -m cxr_jax` is the `cxr-jax` command."""
 
-import sys
+from cxr_jax.main import entry_point
 
-from cxr_jax.main import main
-
-sys.exit(main())
+entry_point()
