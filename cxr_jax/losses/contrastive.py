@@ -17,8 +17,12 @@ import jax.numpy as jnp
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """Rows scaled to unit L2 norm (as torch.nn.functional.normalize)."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+    """Rows scaled to unit L2 norm (as torch.nn.functional.normalize), with a finite gradient at a zero row.
+
+    `x / max(‖x‖, eps)` would give NaN there: the norm's derivative at 0 is 0/0, and the maximum's zero weight
+    does not cancel a NaN (it did, in LD, once a cluster's assignments underflowed to 0 everywhere).
+    """
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))
 
 
 def info_nce(*, image: jax.Array, text: jax.Array, temperature: jax.Array | float, image_weight: float = 0.75,

@@ -99,6 +99,23 @@ def test_region_losses_have_correct_gradients():
         check_grads(loss, (z.astype(jnp.float64), logits.astype(jnp.float64)), order=1, modes=["rev"])
 
 
+def test_a_cluster_without_mass_keeps_the_gradients_finite():
+    """Sigmoid assignments underflow to exactly 0 for a dying cluster; its zero region must not give NaN."""
+    z = jnp.asarray(_unit(RNG.normal(size=(2, 3, 3, 4))), jnp.float32)
+    logits = jnp.asarray(RNG.normal(size=(2, 3, 3, 5)), jnp.float32).at[..., 0].set(-200.0)
+
+    def assign(logits):
+        a = jax.nn.sigmoid(logits)
+        return a / a.sum(-1, keepdims=True)
+
+    def loss(z, logits):
+        return losses.region_discrimination(losses.region_embeddings(embedding=z, assignment=assign(logits)))
+
+    assert float(jnp.max(assign(logits)[..., 0])) == 0.0
+    grads = jax.grad(loss, argnums=(0, 1))(z, logits)
+    assert all(np.isfinite(g).all() for g in grads)
+
+
 def test_losses_at_initialisation_are_chance():
     k = 16
     net = ld_model.LDNet(embed_dim=32, num_clusters=k, layers=(8, "M", 8, "M", 16), widths=((8,), ()))
