@@ -30,7 +30,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         n_res=4,  # Residual blocks in each encoder and decoder.
         mlp_dim=256,  # Width of D_J's MLP from pooled c_s to the AdaIN parameters.
         residue_res_norm="none",  # D_F's residual blocks: none (like E_F, keeps the residue's scale) | in.
-        remat=False,  # Recompute each conv/residual block in the backward pass: less memory, more FLOPs.
+        remat=False,  # Recompute each block in the backward pass (paper, 256², batch 8: 16.1 → 9.9 GB, +25 % FLOPs).
     ))
     c.model.discriminator = ml_collections.ConfigDict(dict(dim=64, n_layers=4, num_scales=3))
     # The anomaly baseline trained beside DGM on the same batches' normals (its metrics are `ae_…`).
