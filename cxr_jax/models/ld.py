@@ -62,8 +62,10 @@ class LDNet(nn.Module):
         features = self.decoder(self.encoder(x, train), train)
         embedding = self.embed(features, train)
         embedding = embedding * jax.lax.rsqrt(jnp.maximum(jnp.sum(embedding**2, -1, keepdims=True), 1e-24))
-        scores = jax.nn.sigmoid(self.cluster(features, train))
-        return {"embedding": embedding, "assignment": scores / jnp.sum(scores, -1, keepdims=True)}
+        # σ(l_k) / Σ_j σ(l_j), computed as a softmax of log σ: equal, but finite where every σ underflows to 0
+        # (0 / 0 made a shape-prior run's entropy NaN at step 746).
+        assignment = jax.nn.softmax(jax.nn.log_sigmoid(self.cluster(features, train).astype(jnp.float32)), axis=-1)
+        return {"embedding": embedding, "assignment": assignment}
 
 
 class ShapeDiscriminator(nn.Module):

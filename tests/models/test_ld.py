@@ -19,6 +19,26 @@ def test_heads_give_unit_embeddings_and_normalised_assignments():
     assert set(variables["params"]) == {"encoder", "decoder", "embed", "cluster"}
 
 
+def test_assignments_are_the_normalised_sigmoids_and_finite_when_all_underflow():
+    net = ld_model.LDNet(embed_dim=6, num_clusters=5, layers=(4, "M", 8, "M", 8), widths=((8, 4), ()))
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
+    variables = net.init(jax.random.key(0), x)
+
+    def logits_and_assignment(variables):
+        logits = net.apply(variables, x, method=lambda m, y: m.cluster(m.decoder(m.encoder(y, False), False), False))
+        return np.asarray(logits, np.float64), np.asarray(net.apply(variables, x)["assignment"])
+
+    logits, assignment = logits_and_assignment(variables)
+    sigmoid = 1 / (1 + np.exp(-logits))
+    np.testing.assert_allclose(assignment, sigmoid / sigmoid.sum(-1, keepdims=True), rtol=1e-5)
+    # Every logit near −200: each σ underflows to 0 in float32, and σ / Σσ would be 0 / 0.
+    params = jax.tree.map(lambda a: a, variables["params"])
+    params["cluster"]["Conv_0"]["bias"] = params["cluster"]["Conv_0"]["bias"] - 200.0
+    logits, assignment = logits_and_assignment({**variables, "params": params})
+    assert logits.max() < -110 and np.isfinite(assignment).all()
+    np.testing.assert_allclose(assignment.sum(-1), 1.0, rtol=1e-5)
+
+
 def test_parameter_count_matches_the_official_decoder_and_branches():
     def conv(cin, cout):
         return 9 * cin * cout + cout
