@@ -87,8 +87,8 @@ def region_discrimination(regions: jax.Array, *, temperature: float = 0.2) -> ja
 def binary_entropy(assignment: jax.Array) -> jax.Array:
     """Mean over all entries of −a log₂ a − (1 − a) log₂(1 − a) (the official `loss_entropy`).
 
-    a is clipped to [0, 1]: after the L1 normalisation a dominant cluster can round to 1 + 2⁻²³, and log₂ of
-    the negative 1 − a made a shape-prior run's loss NaN at step 746.
+    a is clipped to [0, 1]: after the L1 normalisation a dominant cluster can round to 1 + 2⁻²³, where log₂ of
+    the negative 1 − a would be NaN.
     """
     a = jnp.clip(assignment.astype(jnp.float32), 0.0, 1.0)
     return jnp.mean(-a * jnp.log2(a + 1e-30) - (1.0 - a) * jnp.log2(1.0 - a + 1e-30))

@@ -63,7 +63,7 @@ class LDNet(nn.Module):
         embedding = self.embed(features, train)
         embedding = embedding * jax.lax.rsqrt(jnp.maximum(jnp.sum(embedding**2, -1, keepdims=True), 1e-24))
         # σ(l_k) / Σ_j σ(l_j), computed as a softmax of log σ: equal, but finite where every σ underflows to 0
-        # (0 / 0 made a shape-prior run's entropy NaN at step 746).
+        # (there σ / Σσ is 0 / 0).
         assignment = jax.nn.softmax(jax.nn.log_sigmoid(self.cluster(features, train).astype(jnp.float32)), axis=-1)
         return {"embedding": embedding, "assignment": assignment}
 
