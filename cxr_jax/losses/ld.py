@@ -87,11 +87,17 @@ def region_discrimination(regions: jax.Array, *, temperature: float = 0.2) -> ja
 def binary_entropy(assignment: jax.Array) -> jax.Array:
     """Mean over all entries of −a log₂ a − (1 − a) log₂(1 − a) (the official `loss_entropy`).
 
-    a is clipped to [0, 1]: after the L1 normalisation a dominant cluster can round to 1 + 2⁻²³, where log₂ of
-    the negative 1 − a would be NaN.
+    a is clipped to [0, 1] (after the L1 normalisation a dominant cluster can round to 1 + 2⁻²³), and the logs'
+    arguments are floored with `maximum`, not the official `+ 1e-30`: under jit XLA folds (1 − a) + 1e-30 into
+    (1 + 1e-30) − a = 1 − a, so at a = 1 the term was 0 · log 0 = NaN (the shape-prior run's NaN at step 746).
     """
     a = jnp.clip(assignment.astype(jnp.float32), 0.0, 1.0)
-    return jnp.mean(-a * jnp.log2(a + 1e-30) - (1.0 - a) * jnp.log2(1.0 - a + 1e-30))
+    return jnp.mean(-a * _log2_floored(a) - (1.0 - a) * _log2_floored(1.0 - a))
+
+
+def _log2_floored(x: jax.Array) -> jax.Array:
+    """log₂ max(x, 1e-30): finite at 0, with a zero gradient below the floor (so 0 · log₂ 0 terms add 0)."""
+    return jnp.log2(jnp.maximum(x, 1e-30))
 
 
 def shape_generator(fake_logits: jax.Array) -> jax.Array:
