@@ -235,12 +235,15 @@ def ld_views(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) 
     """LD's two views of a [0, 1] image: one base augmentation, independent jitter, view 2 turned.
 
     View 2 is rotated by 180° (`flip`) and then k·90° (`rot_flip`); the step undoes that on its patch grid.
+    With `cfg.turn_view2` False, k = flip = 0: the embedding need not be invariant to turns (upright images).
     `mix` ~ U(cfg.mixup) is the image's weight if it is the first of a mixup pair.
     """
     s = tf.unstack(split_seed(seed, 6))
     base = ld_base(image, s[0], cfg)
     k = tf.random.stateless_uniform([], s[3], 0, 4, dtype=tf.int32)
     flip = tf.cast(_coin(s[4]), tf.int32)
+    if not cfg.turn_view2:
+        k, flip = tf.zeros_like(k), tf.zeros_like(flip)
     return {"view1": ld_jitter(base, s[1], cfg), "view2": rot_flip(ld_jitter(base, s[2], cfg), k=k, flip=flip),
             "k": k, "flip": flip, "mix": _uniform(s[5], *cfg.mixup)}
 
@@ -267,5 +270,6 @@ def augment_config(method: str) -> ml_collections.ConfigDict:
     if method == "ld":  # Chen et al. 2023, official X-ray pre-training code.
         return ml_collections.ConfigDict(dict(
             crop_area=(0.9, 1.0), base_degrees=180.0, view_degrees=2.0, brightness=(0.6, 1.4),
-            contrast=(0.6, 1.4), mixup=(0.2, 0.8)))  # ColorJitter(0.4, 0.4, …) in the training scripts.
+            contrast=(0.6, 1.4), mixup=(0.2, 0.8),  # ColorJitter(0.4, 0.4, …) in the training scripts.
+            turn_view2=True))  # View 2's random 90°/180° turns: a turn-invariant embedding.
     raise ValueError(f"no paper augmentation for method {method!r}; expected convirt or ld")

@@ -55,6 +55,17 @@ def test_views_without_jitter_line_up_after_alignment():
     assert len(turns) >= 5  # The turn is drawn per example.
 
 
+def test_views_without_turns_line_up_as_they_are():
+    overrides = ["augment.turn_view2=False", "augment.view_degrees=0.0", "augment.brightness=(1.0, 1.0)",
+                 "augment.contrast=(1.0, 1.0)"]
+    method = ld.LD(config_lib.load(SMOKE, overrides))
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 1)).astype(np.uint8)
+    for i in range(6):
+        out = method.preprocess_train({"image": tf.constant(image), "seed": tf.constant([1, i], tf.int64)})
+        assert (int(out["k"]), int(out["flip"])) == (0, 0)
+        np.testing.assert_allclose(out["view2"], out["view1"], atol=1e-5)  # The shared base, not turned.
+
+
 def test_stage_one_leaves_the_clustering_head_alone_and_stage_two_trains_it():
     config = config_lib.load(SMOKE)
     mesh = parallel.make_mesh(jax.devices()[:1])
