@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from cxr_jax import parallel
 from cxr_jax.data.sources import io
 from cxr_jax.evaluate import common
-from cxr_jax.losses.contrastive import l2_normalize
+from cxr_jax.ops import l2_normalize
 
 
 def gaussian_matrix(size: int, sigma: float) -> np.ndarray:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cxr_jax.losses.contrastive import l2_normalize
+from cxr_jax.ops import l2_normalize
 
 
 def patch_features(embedding: jax.Array, *, grid: int) -> jax.Array:

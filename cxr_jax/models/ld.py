@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from cxr_jax.models import unet
+from cxr_jax.ops import l2_normalize
 
 # The official decoder: three conv levels, then up-sample + concatenate only (the heads' input).
 LD_WIDTHS = ((128, 64), (64, 32), (32, 16), ())
@@ -61,7 +62,7 @@ class LDNet(nn.Module):
         """Both heads on the decoder's full-resolution map."""
         features = self.decoder(self.encoder(x, train), train)
         embedding = self.embed(features, train)
-        embedding = embedding * jax.lax.rsqrt(jnp.maximum(jnp.sum(embedding**2, -1, keepdims=True), 1e-24))
+        embedding = l2_normalize(embedding)
         # σ(l_k) / Σ_j σ(l_j), computed as a softmax of log σ: equal, but finite where every σ underflows to 0
         # (there σ / Σσ is 0 / 0).
         assignment = jax.nn.softmax(jax.nn.log_sigmoid(self.cluster(features, train).astype(jnp.float32)), axis=-1)
