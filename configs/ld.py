@@ -59,6 +59,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.shape.structure = "lungs"  # Real masks are data.shape_masks' mask_<structure>; evaluate scores against it.
     c.shape.critic_channels = (16, 32, 32, 32, 32)  # One 2×2 pool each; ≥ 5 px must remain (448 px: 14).
     c.shape.critic_learning_rate = 0.05  # × the network's rate (the official critic's).
+    c.shape.critic_slope = 0.2  # LeakyReLU slope; the official `nn.LeakyReLU(True)` is slope 1 (linear).
+    # γ of the critic's R1 penalty on real masks (γ/2 · E‖∇D‖²); 0: none, as the official. Without it the
+    # critic won and cluster channel 0 emptied for good (jsrt, 128 px: area 0.21 → 0.001 in 100 steps).
+    c.shape.r1 = 10.0
 
     c.augment = augment.augment_config("ld")
     c.data.extra_train = ml_collections.ConfigDict()  # More training sets (name → data spec), concatenated.

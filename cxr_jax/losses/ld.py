@@ -105,6 +105,16 @@ def shape_generator(fake_logits: jax.Array) -> jax.Array:
     return jnp.mean(optax.sigmoid_binary_cross_entropy(fake_logits, jnp.ones_like(fake_logits)))
 
 
+def r1_penalty(real_grads: jax.Array) -> jax.Array:
+    """Mean over the real maps of ‖∂D(x)/∂x‖² (Mescheder et al. 2018's R1; the critic adds γ/2 of it).
+
+    It flattens the critic around real masks, so the critic cannot win by a steep edge that the network's
+    cluster map can only escape by emptying (the unregularised prior's collapse).
+    """
+    g = real_grads.astype(jnp.float32).reshape(real_grads.shape[0], -1)
+    return jnp.mean(jnp.sum(g * g, axis=1))
+
+
 def shape_discriminator(*, real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
     """Binary cross-entropy averaged over the reals (label 1) and fakes (label 0) together, as the official."""
     logits = jnp.concatenate([real_logits, fake_logits])

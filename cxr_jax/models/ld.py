@@ -74,7 +74,7 @@ class ShapeDiscriminator(nn.Module):
 
     [conv3×3 → LeakyReLU → 2×2 max-pool] per entry of `channels`, two unpadded conv3×3 → LeakyReLU, a global
     mean, then 1×1 conv → LeakyReLU → 1×1 conv. The official code writes `nn.LeakyReLU(True)`, whose first
-    argument is the slope, so its "leaky ReLU" is the identity; this one uses a real slope (`negative_slope`).
+    argument is the slope, so its "leaky ReLU" is the identity; `negative_slope` = 1 reproduces that.
     H and W must leave at least 5 pixels after the pools.
     """
 

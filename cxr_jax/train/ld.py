@@ -72,7 +72,7 @@ class LD:
                                                 staircase=True)
         self.tx = {"model": optax.adam(self.schedule)}
         if config.shape.weight > 0:
-            self.critic = ld_model.ShapeDiscriminator(tuple(config.shape.critic_channels))
+            self.critic = ld_model.ShapeDiscriminator(tuple(config.shape.critic_channels), config.shape.critic_slope)
             self.tx["critic"] = optax.adam(lambda step: self.schedule(step) * config.shape.critic_learning_rate)
 
     def train_data(self):
@@ -154,24 +154,34 @@ class LD:
         metrics = {"loss": loss, **terms, "learning_rate": self.schedule(state.step),
                    **state_lib.norms(state.params["model"], grads)}
         if "critic" in self.tx:
-            new_state, metrics["shape_d"] = self._critic_step(new_state, batch["real_masks"], fake, stage2)
+            new_state, critic_terms = self._critic_step(new_state, batch["real_masks"], fake, stage2)
+            metrics.update(critic_terms)
             metrics["shape_area"] = jnp.mean(fake)
         return new_state.replace(step=state.step + 1, model_state=dict(updates)), metrics
 
     def _critic_step(self, state: state_lib.TrainState, real: jax.Array, fake: jax.Array, stage2: jax.Array):
-        """One critic update on real masks [B, 2, S, S, 1] vs the network's channel 0; none in stage 1."""
-        maps = jnp.concatenate([real.reshape(fake.shape), fake])  # As many reals as fakes: one pass.
+        """One critic update on real masks [B, 2, S, S, 1] vs the network's channel 0; none in stage 1.
+
+        Returns the new state and the metrics `shape_d` (the BCE) and, with `shape.r1` > 0, `shape_r1`.
+        """
+        real = real.reshape(fake.shape)
+        maps = jnp.concatenate([real, fake])  # As many reals as fakes: one pass.
+        r1 = self.config.shape.r1
 
         def loss_fn(params):
-            real_logits, fake_logits = jnp.split(self.critic.apply({"params": params}, maps), 2)
-            return losses.shape_discriminator(real_logits=real_logits, fake_logits=fake_logits)
+            critic = functools.partial(self.critic.apply, {"params": params})
+            real_logits, fake_logits = jnp.split(critic(maps), 2)
+            terms = {"shape_d": losses.shape_discriminator(real_logits=real_logits, fake_logits=fake_logits)}
+            if r1 > 0:  # Each logit sees only its own map, so ∂Σ/∂x is per map.
+                terms["shape_r1"] = losses.r1_penalty(jax.grad(lambda x: jnp.sum(critic(x)))(real))
+            return terms["shape_d"] + 0.5 * r1 * terms.get("shape_r1", 0.0), terms
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params["critic"])
+        (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["critic"])
         new = state.apply_gradients("critic", grads, self.tx["critic"])
         keep = functools.partial(jax.tree.map, lambda a, b: jnp.where(stage2 > 0, a, b))  # Adam's count too.
         return state.replace(params={**state.params, "critic": keep(new.params["critic"], state.params["critic"])},
                              opt_state={**state.opt_state, "critic": keep(new.opt_state["critic"],
-                                                                          state.opt_state["critic"])}), loss
+                                                                          state.opt_state["critic"])}), terms
 
     def predict(self, state: state_lib.TrainState, batch) -> dict[str, jax.Array]:
         """Pixel embeddings [B, S, S, D] and cluster assignments [B, S, S, K] of eval images."""

@@ -141,6 +141,14 @@ def _np_bce_of_sigmoid(logits, labels):
     return np.mean(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
+def test_r1_penalty_of_a_linear_critic_is_its_squared_weight_norm():
+    w, x = RNG.normal(size=(5, 5, 1)), RNG.normal(size=(3, 5, 5, 1))
+    grads = jax.grad(lambda maps: jnp.sum(maps * jnp.asarray(w, jnp.float32)) + 0.3)(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(losses.r1_penalty(grads), np.sum(w.astype(np.float64) ** 2), rtol=1e-5)
+    g = RNG.normal(size=(4, 3, 3, 1))  # Mean over maps of each map's squared norm.
+    np.testing.assert_allclose(losses.r1_penalty(jnp.asarray(g)), np.mean(np.sum(g ** 2, axis=(1, 2, 3))), rtol=1e-5)
+
+
 def test_shape_losses_match_the_official_bce_on_sigmoid_outputs():
     real, fake = RNG.normal(size=6) * 3, RNG.normal(size=6) * 3
     np.testing.assert_allclose(losses.shape_generator(jnp.asarray(fake)), _np_bce_of_sigmoid(fake, np.ones(6)),

@@ -1,5 +1,7 @@
 """LD pre-training: views whose patches line up, the two stages, the step."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -132,6 +134,27 @@ def test_shape_prior_trains_the_critic_in_stage_two_only():
         for _ in range(8):  # The same batch: the critic learns to tell the masks from channel 0.
             two, later = step_fn(two, s.first_batch)
         assert float(later["shape_d"]) < float(first["shape_d"])
+    finally:
+        s.batches.close()
+
+
+def test_r1_penalises_the_critic_on_the_real_masks():
+    config = config_lib.load(SMOKE, ["shape.weight=0.5", "shape.r1=10.0", "shape.critic_slope=1.0"])
+    s = loop.setup(config, mesh=parallel.make_mesh(jax.devices()[:1]))
+    try:
+        state = s.init_fn(jax.random.key(0), s.first_batch)
+        state = state.replace(step=jnp.full_like(state.step, config.loss.stage1_steps))
+        assert s.method.critic.negative_slope == 1.0
+        new, metrics = jax.jit(s.method.train_step)(state, s.first_batch)
+        real = jnp.asarray(s.first_batch["real_masks"]).reshape(-1, config.image_size, config.image_size, 1)
+        critic = functools.partial(s.method.critic.apply, {"params": state.params["critic"]})
+        grads = np.asarray(jax.vmap(jax.grad(lambda x: critic(x[None])[0]))(real), np.float64)  # Map by map.
+        np.testing.assert_allclose(metrics["shape_r1"], np.mean(np.sum(grads ** 2, axis=(1, 2, 3))), rtol=1e-4)
+        config.shape.r1 = 0.0  # Same step without the penalty: the critic moves elsewhere.
+        plain, plain_metrics = jax.jit(ld.LD(config).train_step)(state, s.first_batch)
+        assert "shape_r1" not in plain_metrics
+        np.testing.assert_allclose(plain_metrics["shape_d"], metrics["shape_d"], rtol=1e-6)
+        assert not np.allclose(plain.params["critic"]["Dense_1"]["kernel"], new.params["critic"]["Dense_1"]["kernel"])
     finally:
         s.batches.close()
 
