@@ -105,7 +105,12 @@ def grouped_bootstrap_aucs(*, labels: np.ndarray, scores: np.ndarray, groups: np
 
 
 def auc_interval(*, labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, cfg) -> tuple[float, float]:
-    """The 95 % patient-bootstrap interval of one score vector's AUC (`cfg`: num_resamples, seed)."""
+    """The 95 % patient-bootstrap interval of one score vector's AUC (`cfg`: num_resamples, seed).
+
+    NaN, NaN when `labels` hold one class, like the AUC itself (no resample could have two).
+    """
+    if len(np.unique(labels)) < 2:
+        return float("nan"), float("nan")
     aucs = grouped_bootstrap_aucs(labels=labels, scores=scores[None], groups=groups,
                                   num_resamples=cfg.num_resamples, seed=cfg.seed)[:, 0]
     low, high = np.nanpercentile(aucs, [2.5, 97.5])

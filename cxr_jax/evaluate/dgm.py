@@ -96,9 +96,7 @@ def anomaly_metrics(maps: np.ndarray, data: dict[str, np.ndarray], cfg) -> tuple
 
 
 def _auc_interval(labels, image_scores, groups, cfg) -> dict[str, float]:
-    """`image_auc_ci_low/high`: the patient-bootstrap interval of `image_auc` (nothing with one class)."""
-    if len(np.unique(labels)) < 2:
-        return {}
+    """`image_auc_ci_low/high`: the patient-bootstrap interval of `image_auc` (NaN with one class)."""
     low, high = common.auc_interval(labels=labels, scores=image_scores, groups=groups, cfg=cfg)
     return {"image_auc_ci_low": low, "image_auc_ci_high": high}
 

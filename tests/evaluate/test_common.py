@@ -1,5 +1,8 @@
 """Shared evaluation statistics: the patient-grouped bootstrap of AUCs."""
 
+import warnings
+
+import ml_collections
 import numpy as np
 
 from cxr_jax.evaluate.common import auc_interval, grouped_bootstrap_aucs
@@ -38,8 +41,6 @@ def test_copies_of_a_patient_count_as_one_draw():
 
 
 def test_auc_interval_brackets_the_auc_and_narrows_with_more_patients():
-    import ml_collections
-
     cfg = ml_collections.ConfigDict(dict(num_resamples=1000, seed=0))
     rng = np.random.default_rng(0)
     widths = []
@@ -50,3 +51,11 @@ def test_auc_interval_brackets_the_auc_and_narrows_with_more_patients():
         assert low < mann_whitney_auc(labels, scores) < high
         widths.append(high - low)
     assert 2 < widths[0] / widths[1] < 4.5  # ~√10: the interval shrinks like 1/√n.
+
+
+def test_auc_interval_is_nan_with_one_class_and_says_nothing():
+    cfg = ml_collections.ConfigDict(dict(num_resamples=20, seed=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's all-NaN percentile warning would fail here.
+        low, high = auc_interval(labels=np.ones(6), scores=np.arange(6.0), groups=np.arange(6), cfg=cfg)
+    assert np.isnan(low) and np.isnan(high)
