@@ -8,7 +8,8 @@ landmark CSVs, e.g. 512 px for ../shared/data/jsrt): `landmark_mre_px` (mean rad
 
 With the shape prior (`shape.weight` > 0), cluster channel 0 > 0.5 is a segmentation of `shape.structure`:
 `shape_dice_<structure>` on the images of `data.eval` with that mask (the official test's threshold and
-hard Dice), and `shape.png` shows its outlines.
+hard Dice), and `shape.png` shows its outlines. Its baseline `shape_mean_mask_dice_<structure>` never looks
+at the image: the prior's own masks (`data.shape_masks`) averaged, > 0.5, the same for every image.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cxr_jax.data import sources
 from cxr_jax.data.sources import io
 from cxr_jax.evaluate import common
 from cxr_jax.evaluate import segment as segment_eval
+from cxr_jax.train import ld as ld_train
 
 RADII = (5, 10, 20)
 
@@ -53,14 +55,16 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
             _figure(queries["image"], queries["landmarks"], xy, errors, outdir / "landmarks.png")
     result.update(num_queries=float(len(truth)), num_landmarks=float(truth.shape[1]))
     if config.shape.weight > 0:
-        result.update(shape_dice(method, state, mesh, loaded["eval"], outdir))
+        prior = ld_train.shape_masks(config)[..., 0]
+        result.update(shape_dice(method, state, mesh, loaded["eval"], outdir, prior=prior))
     return result
 
 
-def shape_dice(method, state, mesh, data: dict[str, np.ndarray], outdir: pathlib.Path) -> dict[str, float]:
-    """Hard Dice of cluster channel 0 > 0.5 against `mask_<shape.structure>` of the loaded `data.eval`.
+def shape_dice(method, state, mesh, data: dict[str, np.ndarray], outdir: pathlib.Path, *,
+               prior: np.ndarray) -> dict[str, float]:
+    """Hard Dice against `mask_<shape.structure>` of the loaded `data.eval`; writes shape.png.
 
-    Writes shape.png.
+    Scores cluster channel 0 > 0.5, and (the baseline) the mean of the prior's masks [M, S, S] > 0.5.
     """
     config = method.config
     masked = sources.with_masks(data, (config.shape.structure,), config.data.eval)
@@ -73,7 +77,11 @@ def shape_dice(method, state, mesh, data: dict[str, np.ndarray], outdir: pathlib
     pred = probs[np.argsort(rows)] > 0.5
     segment_eval.plot_overlays(images[..., 0], pred[..., None].astype(np.uint8), outdir / "shape.png")
     dice = segment_eval.dice_scores(pred[..., None], truth[..., None])[:, 0]
-    return {f"shape_dice_{config.shape.structure}": float(dice.mean()), "shape_num_images": float(len(dice))}
+    mean_mask = np.broadcast_to(prior.mean(axis=0) > 0.5, pred.shape)
+    baseline = segment_eval.dice_scores(mean_mask[..., None], truth[..., None])[:, 0]
+    name = config.shape.structure
+    return {f"shape_dice_{name}": float(dice.mean()), f"shape_mean_mask_dice_{name}": float(baseline.mean()),
+            "shape_num_images": float(len(dice))}
 
 
 def _channel0(method, state, batch):

@@ -82,7 +82,7 @@ class LD:
                                      spec.source) for spec in specs]
         if self.config.shape.weight <= 0:
             return sources.concatenate(parts), self.preprocess_train
-        masks = tf.constant(_shape_masks(self.config))
+        masks = tf.constant(shape_masks(self.config))
         return sources.concatenate(parts), functools.partial(self.preprocess_train, shape_masks=masks)
 
     def preprocess_train(self, example, shape_masks: tf.Tensor | None = None):
@@ -188,7 +188,7 @@ class LD:
         return self.model.apply({"params": state.params["model"], **state.model_state}, batch["image"])
 
 
-def _shape_masks(config: ml_collections.ConfigDict) -> np.ndarray:
+def shape_masks(config: ml_collections.ConfigDict) -> np.ndarray:
     """The shape prior's real masks: `mask_<shape.structure>` of `data.shape_masks` as [M, S, S, 1] floats."""
     spec = config.data.shape_masks
     data = sources.load(spec, image_size=config.image_size, seed=config.seed)
