@@ -60,9 +60,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.shape.critic_channels = (16, 32, 32, 32, 32)  # One 2×2 pool each; ≥ 5 px must remain (448 px: 14).
     c.shape.critic_learning_rate = 0.05  # × the network's rate (the official critic's).
     c.shape.critic_slope = 0.2  # LeakyReLU slope; the official `nn.LeakyReLU(True)` is slope 1 (linear).
-    # γ of the critic's R1 penalty on real masks (γ/2 · E‖∇D‖²); 0: none, as the official. Without it the
-    # critic won and cluster channel 0 emptied for good (jsrt, 128 px: area 0.21 → 0.001 in 100 steps).
-    c.shape.r1 = 10.0
+    c.shape.r1 = 0.0  # γ of the critic's R1 penalty on real masks (γ/2 · E‖∇D‖²); 0: none, as the official.
 
     c.augment = augment.augment_config("ld")
     c.data.extra_train = ml_collections.ConfigDict()  # More training sets (name → data spec), concatenated.
@@ -106,6 +104,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         if arg == "shape":
             c.shape.weight = 1.0
             c.shape.critic_channels = (16, 32, 32, 32)  # 128 px → 8 → 4 after the unpadded convs.
+            # Without R1 the critic won and channel 0 emptied for good (area 0.21 → 0.001 in 100 steps).
+            c.shape.r1 = 10.0
             _shared(c.data.shape_masks, "jsrt", "train")
             c.data.shape_masks.num_examples = 5
     elif arg == "paper":

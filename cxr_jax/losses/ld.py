@@ -108,8 +108,8 @@ def shape_generator(fake_logits: jax.Array) -> jax.Array:
 def r1_penalty(real_grads: jax.Array) -> jax.Array:
     """Mean over the real maps of ‖∂D(x)/∂x‖² (Mescheder et al. 2018's R1; the critic adds γ/2 of it).
 
-    It flattens the critic around real masks, so the critic cannot win by a steep edge that the network's
-    cluster map can only escape by emptying (the unregularised prior's collapse).
+    It keeps the critic smooth around real masks. Without it the shape prior's critic won outright and
+    cluster channel 0 emptied, which a saturated sigmoid never leaves.
     """
     g = real_grads.astype(jnp.float32).reshape(real_grads.shape[0], -1)
     return jnp.mean(jnp.sum(g * g, axis=1))
