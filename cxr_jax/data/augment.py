@@ -217,9 +217,14 @@ def convirt_view(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDi
 
 
 def ld_base(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
-    """LD's augmentation shared by an image's two views: flips, any rotation, a mild resized crop."""
+    """LD's augmentation shared by an image's two views: flips, a rotation, a mild resized crop.
+
+    The official flips both ways and rotates by up to 180°; `cfg.flip_ud` = 0 and a small `cfg.base_degrees`
+    keep images upright.
+    """
     s = tf.unstack(split_seed(seed, 4))
-    image = random_flip(random_flip(image, s[0], axis=1), s[1], axis=0)
+    image = random_flip(image, s[0], axis=1, p=cfg.flip_lr)
+    image = random_flip(image, s[1], axis=0, p=cfg.flip_ud)
     image = random_affine(image, s[2], degrees=cfg.base_degrees, translate=0.0, scale=(1.0, 1.0))
     return random_resized_crop(image, s[3], size=image.shape[0], area=tuple(cfg.crop_area))
 
@@ -251,7 +256,7 @@ def ld_views(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) 
 def ld_shape_masks(masks: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict, *, num: int) -> tf.Tensor:
     """`num` masks drawn from `masks` [M, H, W, 1] (0/1 floats), each under its own `ld_base`: [num, H, W, 1].
 
-    The shape prior's real examples get the images' geometric augmentation (any rotation, flips, crop), so
+    The shape prior's real examples get the images' geometric augmentation (rotation, flips, crop), so
     the critic cannot tell them from cluster maps by orientation; re-binarised at 0.5 after interpolation.
     """
     s = tf.unstack(split_seed(seed, 2 * num))
@@ -269,7 +274,8 @@ def augment_config(method: str) -> ml_collections.ConfigDict:
             blur_reference_size=224))  # blur_sigma is in pixels of an image this wide; scaled to the input.
     if method == "ld":  # Chen et al. 2023, official X-ray pre-training code.
         return ml_collections.ConfigDict(dict(
-            crop_area=(0.9, 1.0), base_degrees=180.0, view_degrees=2.0, brightness=(0.6, 1.4),
+            crop_area=(0.9, 1.0), base_degrees=180.0, flip_lr=0.5, flip_ud=0.5, view_degrees=2.0,
+            brightness=(0.6, 1.4),
             contrast=(0.6, 1.4), mixup=(0.2, 0.8),  # ColorJitter(0.4, 0.4, …) in the training scripts.
             turn_view2=True))  # View 2's random 90°/180° turns: a turn-invariant embedding.
     raise ValueError(f"no paper augmentation for method {method!r}; expected convirt or ld")

@@ -187,6 +187,24 @@ def test_ld_shape_masks_draw_from_the_set_and_stay_binary_masks_of_their_area():
     assert set(picked) == {0, 1}
 
 
+def test_ld_base_flips_only_where_asked():
+    image = tf.constant(np.random.default_rng(0).uniform(size=(16, 16, 1)), tf.float32)
+    cfg = augment.augment_config("ld")
+    cfg.update(dict(base_degrees=0.0, crop_area=(1.0, 1.0)))
+    seeds = [tf.constant([s, 2], tf.int64) for s in range(12)]
+
+    def seen(flip_lr, flip_ud):
+        cfg.update(dict(flip_lr=flip_lr, flip_ud=flip_ud))
+        out = [augment.ld_base(image, s, cfg).numpy() for s in seeds]
+        kinds = {"id": image.numpy(), "lr": image.numpy()[:, ::-1], "ud": image.numpy()[::-1],
+                 "both": image.numpy()[::-1, ::-1]}
+        return {next(k for k, v in kinds.items() if np.allclose(o, v, atol=1e-6)) for o in out}
+
+    assert seen(0.5, 0.5) == {"id", "lr", "ud", "both"}  # The official: either flip.
+    assert seen(0.5, 0.0) == {"id", "lr"}  # Upright: the lungs stay above the diaphragm.
+    assert seen(0.0, 1.0) == {"ud"}
+
+
 def test_augment_config_knows_the_papers():
     assert tuple(augment.augment_config("convirt").crop_area) == (0.6, 1.0)
     with pytest.raises(ValueError, match="no paper augmentation"):
