@@ -22,6 +22,8 @@ batch, grid or image size.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -91,8 +93,45 @@ def binary_entropy(assignment: jax.Array) -> jax.Array:
     arguments are floored with `maximum`, not the official `+ 1e-30`: under jit XLA folds (1 − a) + 1e-30 into
     (1 + 1e-30) − a = 1 − a, so at a = 1 the term was 0 · log 0 = NaN (the shape-prior run's NaN at step 746).
     """
-    a = jnp.clip(assignment.astype(jnp.float32), 0.0, 1.0)
-    return jnp.mean(-a * _log2_floored(a) - (1.0 - a) * _log2_floored(1.0 - a))
+    a = assignment.astype(jnp.float32)
+    return _mean_entropy(a if a.ndim > 1 else a.reshape(1, -1))
+
+
+@jax.custom_vjp
+def _mean_entropy(rows: jax.Array) -> jax.Array:
+    """The mean entropy of [R, ...] entries, a row (an image) at a time."""
+    return jnp.mean(jax.lax.map(_row_entropy, rows)) / rows[0].size
+
+
+def _row_entropy(a: jax.Array) -> jax.Array:
+    c = jnp.clip(a, 0.0, 1.0)
+    return jnp.sum(-c * _log2_floored(c) - (1.0 - c) * _log2_floored(1.0 - c))
+
+
+def _mean_entropy_fwd(rows):
+    return _mean_entropy(rows), rows
+
+
+def _mean_entropy_bwd(rows, g):
+    """The gradient from the entries alone, a row at a time.
+
+    XLA CPU kept ~8 batch-sized intermediates of autodiff's elementwise backward alive together (a step plan
+    of 9.0 GB at 448 px, batch 8; 6.3 GB with this).
+
+    It is autodiff's of the floored formula: log₂(1 − a) − log₂ a, plus ±1/ln 2 from a · (log₂ a)′ and
+    (1 − a) · (log₂(1 − a))′ where a floor does not hold; zero outside [0, 1] (the clip). At a = 0 or 1
+    exactly it takes the inner slope whole (autodiff's clip would halve it there: a tie of min/max).
+    """
+    def row(a):
+        c = jnp.clip(a, 0.0, 1.0)
+        slope = (_log2_floored(1.0 - c) - _log2_floored(c)
+                 + ((1.0 - c > 1e-30).astype(a.dtype) - (c > 1e-30).astype(a.dtype)) / math.log(2.0))
+        return jnp.where((a >= 0.0) & (a <= 1.0), slope, 0.0) * (g / rows.size)
+
+    return (jax.lax.map(row, rows),)
+
+
+_mean_entropy.defvjp(_mean_entropy_fwd, _mean_entropy_bwd)
 
 
 def _log2_floored(x: jax.Array) -> jax.Array:

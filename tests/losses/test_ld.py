@@ -123,6 +123,17 @@ def test_binary_entropy_of_rounded_up_certainties_is_finite():
     assert np.isfinite(jax.jit(jax.grad(losses.binary_entropy))(a)).all()
 
 
+def test_binary_entropy_gradient_is_autodiffs_inside_the_unit_interval():
+    def plain(a):  # The formula, left to autodiff.
+        a = jnp.clip(a, 0.0, 1.0)
+        return jnp.mean(-a * jnp.log2(jnp.maximum(a, 1e-30)) - (1 - a) * jnp.log2(jnp.maximum(1 - a, 1e-30)))
+
+    a = jnp.asarray(np.concatenate([RNG.uniform(size=20), [1e-35, 1e-6, 1 - 2**-24, -0.1, 1.2]]), jnp.float32)
+    np.testing.assert_allclose(jax.jit(jax.grad(losses.binary_entropy))(a), jax.grad(plain)(a), rtol=1e-5, atol=1e-6)
+    with jax.enable_x64():
+        check_grads(losses.binary_entropy, (jnp.asarray(RNG.uniform(0.05, 0.95, size=8)),), order=1, modes=["rev"])
+
+
 def test_losses_at_initialisation_are_chance():
     k = 16
     net = ld_model.LDNet(embed_dim=32, num_clusters=k, layers=(8, "M", 8, "M", 16), widths=((8,), ()))
