@@ -68,7 +68,7 @@ def setup(config: ml_collections.ConfigDict, start_step: int = 0, *, mesh: jax.s
     init_fn = jax.jit(method.init, out_shardings=replicated)
     step_fn = jax.jit(method.train_step, in_shardings=(replicated, parallel.batch_sharding(mesh)),
                       out_shardings=(replicated, replicated), donate_argnums=0,
-                      compiler_options=parallel.compiler_options(mesh))
+                      compiler_options=parallel.compiler_options(mesh, ynn_fusions=config.train.cpu_ynn_fusions))
     return Setup(method, mesh, _chain(first, batches), first, init_fn, step_fn, abstract)
 
 

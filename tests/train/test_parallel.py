@@ -77,3 +77,26 @@ def test_launcher_cli_reports_failure():
                            sys.executable, "-c", "import os, sys; sys.exit(int(os.environ['JAX_PROCESS_ID']) * 3)"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3 and "exit codes: [0, 3]" in proc.stderr
+
+
+def test_cpu_train_steps_leave_convolutions_to_xla_not_ynnpack():
+    import jax
+    import jax.numpy as jnp
+
+    from cxr_jax import parallel
+
+    def conv(x, w):
+        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(jax.nn.relu(y))
+
+    def fused(options=None):
+        text = jax.jit(jax.grad(conv), compiler_options=options).lower(*args).compile().as_text()
+        return "%ynn_fusion" in text
+
+    args = (jnp.ones((4, 32, 32, 16)), jnp.ones((3, 3, 16, 32)))
+    assert not parallel._cpu_accepts("xla_cpu_no_such_option", "")
+    if not parallel._cpu_accepts(parallel._NO_YNN, ""):
+        pytest.skip("this jaxlib has no YNN fusion option")
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    assert fused(parallel.compiler_options(mesh))
+    assert not fused(parallel.compiler_options(mesh, ynn_fusions=False))
