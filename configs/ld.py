@@ -110,7 +110,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
             # Without R1 the critic won and channel 0 emptied for good (area 0.21 → 0.001 in 100 steps).
             c.shape.r1 = 10.0
             # The critic never sees the image: with any rotation and both flips on the masks, a lung pair
-            # turned 90° was as real as an upright one, and channel 0 took apices + diaphragm (Dice 0.36).
+            # turned 90° was as real as an upright one, and channel 0 took apices + diaphragm (Dice 0.36 on jsrt
+            # valid lungs at step 2000). Upright: 0.80 (the prior's mean mask, never seeing the image: 0.81).
             c.augment.update(base_degrees=10.0, flip_ud=0.0)
             _shared(c.data.shape_masks, "jsrt", "train")
             c.data.shape_masks.num_examples = 5
