@@ -1,5 +1,7 @@
 """One-shot landmarks: averaging, sampling, peaks and ncc in closed form; the command and the evaluator."""
 
+import json
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -71,6 +73,18 @@ def test_landmarks_command_finds_the_template_in_itself(ld_run, tmp_path):
     # Self-matching at 32 px: each point comes back to the model pixel it was sampled at (40 px / 32 = 1.25).
     np.testing.assert_allclose(found, points, atol=1.25)
     assert Image.open(out / "t_landmarks.png").size == (30, 40)
+
+
+def test_evaluate_takes_any_directory_in_the_jsrt_layout(ld_run, tmp_path, capsys):
+    from tests.data.test_shared_layouts import _write_jsrt
+
+    _write_jsrt(tmp_path / "set")  # Two images, A and B, with the same 120 landmarks.
+    overrides = [f"--config.data.{spec}.{key}={value}" for spec in ("eval", "template")
+                 for key, value in (("source", "jsrt"), ("path", tmp_path / "set"), ("split", "all"))]
+    assert main.main(["evaluate", "--config", SMOKE, "--workdir", str(ld_run), *overrides]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_queries"] == 2 and result["copy_mre_px"] == 0.0  # Template A's points are B's.
+    assert np.isfinite(result["landmark_mre_px"]) and np.isfinite(result["ncc_mre_px"])
 
 
 def test_bad_landmark_csv_names_the_file(tmp_path):
