@@ -275,7 +275,7 @@ def augment_config(method: str) -> ml_collections.ConfigDict:
     if method == "ld":  # Chen et al. 2023, official X-ray pre-training code.
         return ml_collections.ConfigDict(dict(
             crop_area=(0.9, 1.0), base_degrees=180.0, flip_lr=0.5, flip_ud=0.5, view_degrees=2.0,
-            brightness=(0.6, 1.4),
-            contrast=(0.6, 1.4), mixup=(0.2, 0.8),  # ColorJitter(0.4, 0.4, …) in the training scripts.
+            brightness=(0.6, 1.4), contrast=(0.6, 1.4),  # ColorJitter(0.4, 0.4, …) in the training scripts.
+            mixup=(0.2, 0.8),
             turn_view2=True))  # View 2's random 90°/180° turns: a turn-invariant embedding.
     raise ValueError(f"no paper augmentation for method {method!r}; expected convirt or ld")
