@@ -35,8 +35,8 @@ setuptools.setup(
     version="0.1.0",
     description="JAX/Flax training system for chest X-ray DGM, ConVIRT and LD.",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["cxr_jax", "cxr_jax.*", "configs", "launch", "tests"]),
+    packages=setuptools.find_packages(include=["cxr_jax", "cxr_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["cxr-jax = cxr_jax.main:entry_point"]},
+    entry_points={"console_scripts": ["cxr-jax = cxr_jax.cli.main:entry_point"]},
 )

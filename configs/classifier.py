@@ -23,6 +23,11 @@ from configs import common
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     """Returns the classifier config for variant `arg` (smoke, demo, nih1000, paper)."""
+    return common.apply_variant(_base(), VARIANTS, arg)
+
+
+def _base() -> ml_collections.ConfigDict:
+    """The keys and defaults every variant starts from."""
     c = common.base("classifier")
     c.model = ml_collections.ConfigDict()
     c.model.stage_sizes = (1, 1, 1, 1)
@@ -44,39 +49,41 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
 
     c.data.train.num_examples = 1024
     c.data.eval.num_examples = 256
-
-    if arg == "smoke":
-        common.smoke(c)
-        c.model.width = 8
-        c.optim.warmup_steps = 2
-    elif arg == "demo":
-        c.train.num_steps = 300
-        c.train.log_every = 20
-        c.train.checkpoint_every = 100
-    elif arg == "nih1000":
-        _use_nih1000(c)
-        c.train.num_steps = 600
-        c.train.log_every = 20
-        c.train.checkpoint_every = 200
-    elif arg == "paper":
-        c.image_size = 224
-        c.model.stage_sizes = (3, 4, 6, 3)
-        c.model.block = "bottleneck"
-        c.model.width = 64
-        c.optim.learning_rate = 1e-4
-        c.optim.warmup_steps = 500
-        _use_nih1000(c)
-        c.train.num_steps = 20000
-        c.train.log_every = 100
-        c.train.checkpoint_every = 1000
-    else:
-        raise ValueError(f"unknown classifier variant {arg!r}; expected smoke, demo, nih1000 or paper")
     return c
 
 
-def _use_nih1000(c: ml_collections.ConfigDict) -> None:
-    """Train → valid on nih1000, split by patient (`load_nih1000` says why); paths from the project root."""
-    c.data.train.source = c.data.eval.source = "nih1000"
-    c.data.train.path = c.data.eval.path = "../shared/data/nih1000"
-    c.data.train.num_examples = c.data.eval.num_examples = 0
-    c.data.train.patient_split = c.data.eval.patient_split = True
+def _smoke(c: ml_collections.ConfigDict) -> None:
+    common.smoke(c)
+    c.model.width = 8
+    c.optim.warmup_steps = 2
+
+
+def _demo(c: ml_collections.ConfigDict) -> None:
+    c.train.num_steps = 300
+    c.train.log_every = 20
+    c.train.checkpoint_every = 100
+
+
+def _nih1000(c: ml_collections.ConfigDict) -> None:
+    common.shared(c.data.train, "nih1000", "train")
+    common.shared(c.data.eval, "nih1000", "valid")
+    c.train.num_steps = 600
+    c.train.log_every = 20
+    c.train.checkpoint_every = 200
+
+
+def _paper(c: ml_collections.ConfigDict) -> None:
+    c.image_size = 224
+    c.model.stage_sizes = (3, 4, 6, 3)
+    c.model.block = "bottleneck"
+    c.model.width = 64
+    c.optim.learning_rate = 1e-4
+    c.optim.warmup_steps = 500
+    common.shared(c.data.train, "nih1000", "train")
+    common.shared(c.data.eval, "nih1000", "valid")
+    c.train.num_steps = 20000
+    c.train.log_every = 100
+    c.train.checkpoint_every = 1000
+
+
+VARIANTS = {"smoke": _smoke, "demo": _demo, "nih1000": _nih1000, "paper": _paper}

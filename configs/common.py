@@ -1,6 +1,10 @@
 """Keys every method's config shares; each method's file adds its own and sets the variants."""
 
+from collections.abc import Callable, Mapping
+
 import ml_collections
+
+from cxr_jax.config import ConfigError
 
 
 def base(method: str) -> ml_collections.ConfigDict:
@@ -57,3 +61,23 @@ def smoke(c: ml_collections.ConfigDict) -> None:
     c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 6, 2, 3
     c.data.train.num_examples, c.data.eval.num_examples = 64, 32
     c.bench.num_steps = 3
+
+
+def shared(spec: ml_collections.ConfigDict, source: str, split: str = "all") -> None:
+    """Points `spec` at all of `split` of a set of ../shared/data (the path is relative to the project root).
+
+    nih1000's shipped splits share patients (`sources.shared.load_nih1000`), so its splits are drawn by patient.
+    """
+    spec.source, spec.path, spec.split, spec.num_examples = source, f"../shared/data/{source}", split, 0
+    spec.patient_split = source == "nih1000" and split != "all"
+
+
+def apply_variant(c: ml_collections.ConfigDict, variants: Mapping[str, Callable[[ml_collections.ConfigDict], None]],
+                  arg: str) -> ml_collections.ConfigDict:
+    """Applies `variants[arg]` to the base config `c`; an unknown `arg` is a ConfigError naming the choices."""
+    if arg not in variants:
+        names = list(variants)
+        expected = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+        raise ConfigError(f"unknown {c.method} variant {arg!r}; expected {expected}")
+    variants[arg](c)
+    return c

@@ -17,11 +17,15 @@ Run:
 import ml_collections
 
 from configs import common
-from cxr_jax.data import augment
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     """Returns the ConVIRT config for variant `arg` (smoke, demo, covid, paper, large)."""
+    return common.apply_variant(_base(), VARIANTS, arg)
+
+
+def _base() -> ml_collections.ConfigDict:
+    """The keys and defaults every variant starts from."""
     c = common.base("convirt")
     c.model = ml_collections.ConfigDict()
     c.model.image = ml_collections.ConfigDict(dict(stage_sizes=(1, 1, 1, 1), block="basic", width=32))
@@ -48,7 +52,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.text.max_sentences = 16  # Sentences kept per report; one is drawn per example per step.
     c.text.unit = "sentence"  # What a training text is: one random sentence (paper) or the whole "report".
 
-    c.augment = augment.augment_config("convirt")
+    # The paper's ranges (Zhang et al. 2022, Sec. 3.3 / their torchvision pipeline); crops keep the input's size.
+    c.augment = ml_collections.ConfigDict(dict(
+        crop_area=(0.6, 1.0), flip=0.5, degrees=20.0, translate=0.1, scale=(0.95, 1.05),
+        brightness=(0.6, 1.4), contrast=(0.6, 1.4), blur_sigma=(0.1, 3.0),
+        blur_reference_size=224))  # blur_sigma is in pixels of an image this wide; scaled to the input.
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3
@@ -74,55 +82,65 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     # Category retrieval in the CheXpert 8×200 format (cxr_jax/data/retrieval_sets.py); `cxr-jax data
     # retrieval-set` writes one from a labelled source. Paths relative to `root` (default: the CSV's folder).
     c.retrieval = ml_collections.ConfigDict(dict(candidates=None, image_queries=None, text_queries=None, root=None))
-
-    if arg == "smoke":
-        common.smoke(c)
-        c.model.image.width = 8
-        c.model.text = ml_collections.ConfigDict(dict(
-            hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=32, dropout=0.1,
-            freeze_embeddings=True, frozen_layers=1))
-        c.model.embed_dim, c.model.image_hidden_dim, c.model.text_hidden_dim = 16, 32, 16
-        c.text.vocab_size, c.text.corpus.num_examples, c.text.max_length = 200, 64, 24
-        c.optim.warmup_steps = 2
-        c.probe.train.num_examples, c.probe.eval.num_examples = 64, 32
-        c.probe.finetune_steps = 3
-    elif arg == "demo":
-        c.text.unit = "report"  # A phantom sentence is mostly boilerplate ("Heart size is normal.").
-        # From random towers this small run otherwise collapses to one text embedding (loss stuck at ln 32):
-        # BatchNorm in the heads, and no crop or affine (the paper's photometric jitter, flip and blur stay).
-        c.model.head_batch_norm = True
-        c.augment.crop_area, c.augment.degrees, c.augment.translate, c.augment.scale = (1.0, 1.0), 0.0, 0.0, (1.0, 1.0)
-        c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 400, 20, 100
-    elif arg == "covid":
-        for split, name in ((c.data.train, "train"), (c.data.eval, "valid"), (c.text.corpus, "train")):
-            split.source, split.path, split.split, split.num_examples = "covid", "../shared/data/covid", name, 0
-        _probe_on_nih1000(c)
-        c.model.head_batch_norm = True  # Random towers (see demo).
-        c.batch_size = 16
-        c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 400, 20, 100
-    elif arg in ("paper", "large"):
-        c.image_size = 224
-        c.model.image = ml_collections.ConfigDict(dict(stage_sizes=(3, 4, 6, 3), block="bottleneck", width=64))
-        c.model.text = ml_collections.ConfigDict(dict(
-            hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_positions=512, dropout=0.1,
-            freeze_embeddings=True, frozen_layers=6))
-        c.model.image_hidden_dim, c.model.text_hidden_dim = 2048, 768
-        c.text.vocab_size, c.text.max_length = 30522, 128
-        c.text.corpus = common.data_spec("iu_reports", "all")  # Or set text.vocab_file to BERT's vocab.txt.
-        c.text.corpus.path = "../shared/data/iu_reports"
-        _probe_on_nih1000(c)
-        c.optim.learning_rate, c.optim.warmup_steps = 1e-4, 500
-        c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 20000, 100, 1000
-        if arg == "large":
-            c.batch_size = 4096
-            c.train.grad_cache_chunks = 16
-    else:
-        raise ValueError(f"unknown convirt variant {arg!r}; expected smoke, demo, covid, paper or large")
     return c
 
 
+def _smoke(c: ml_collections.ConfigDict) -> None:
+    common.smoke(c)
+    c.model.image.width = 8
+    c.model.text = ml_collections.ConfigDict(dict(
+        hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=32, dropout=0.1,
+        freeze_embeddings=True, frozen_layers=1))
+    c.model.embed_dim, c.model.image_hidden_dim, c.model.text_hidden_dim = 16, 32, 16
+    c.text.vocab_size, c.text.corpus.num_examples, c.text.max_length = 200, 64, 24
+    c.optim.warmup_steps = 2
+    c.probe.train.num_examples, c.probe.eval.num_examples = 64, 32
+    c.probe.finetune_steps = 3
+
+
+def _demo(c: ml_collections.ConfigDict) -> None:
+    c.text.unit = "report"  # A phantom sentence is mostly boilerplate ("Heart size is normal.").
+    # From random towers this small run otherwise collapses to one text embedding (loss stuck at ln 32):
+    # BatchNorm in the heads, and no crop or affine (the paper's photometric jitter, flip and blur stay).
+    c.model.head_batch_norm = True
+    c.augment.crop_area, c.augment.degrees, c.augment.translate, c.augment.scale = (1.0, 1.0), 0.0, 0.0, (1.0, 1.0)
+    c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 400, 20, 100
+
+
+def _covid(c: ml_collections.ConfigDict) -> None:
+    common.shared(c.data.train, "covid", "train")
+    common.shared(c.data.eval, "covid", "valid")
+    common.shared(c.text.corpus, "covid", "train")
+    _probe_on_nih1000(c)
+    c.model.head_batch_norm = True  # Random towers (see demo).
+    c.batch_size = 16
+    c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 400, 20, 100
+
+
+def _paper(c: ml_collections.ConfigDict) -> None:
+    c.image_size = 224
+    c.model.image = ml_collections.ConfigDict(dict(stage_sizes=(3, 4, 6, 3), block="bottleneck", width=64))
+    c.model.text = ml_collections.ConfigDict(dict(
+        hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_positions=512, dropout=0.1,
+        freeze_embeddings=True, frozen_layers=6))
+    c.model.image_hidden_dim, c.model.text_hidden_dim = 2048, 768
+    c.text.vocab_size, c.text.max_length = 30522, 128
+    common.shared(c.text.corpus, "iu_reports")  # Or set text.vocab_file to BERT's vocab.txt.
+    _probe_on_nih1000(c)
+    c.optim.learning_rate, c.optim.warmup_steps = 1e-4, 500
+    c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 20000, 100, 1000
+
+
+def _large(c: ml_collections.ConfigDict) -> None:
+    _paper(c)
+    c.batch_size = 4096
+    c.train.grad_cache_chunks = 16
+
+
 def _probe_on_nih1000(c: ml_collections.ConfigDict) -> None:
-    """Linear probes on ../shared/data/nih1000: train → valid, split by patient (`load_nih1000`)."""
-    for spec, split in ((c.probe.train, "train"), (c.probe.eval, "valid")):
-        spec.source, spec.path, spec.split, spec.num_examples = "nih1000", "../shared/data/nih1000", split, 0
-        spec.patient_split = True
+    """Linear probes on ../shared/data/nih1000: train → valid."""
+    common.shared(c.probe.train, "nih1000", "train")
+    common.shared(c.probe.eval, "nih1000", "valid")
+
+
+VARIANTS = {"smoke": _smoke, "demo": _demo, "covid": _covid, "paper": _paper, "large": _large}

@@ -21,6 +21,11 @@ from configs import common
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     """Returns the DGM config for variant `arg` (smoke, demo, nih1000, jsrt, paper)."""
+    return common.apply_variant(_base(), VARIANTS, arg)
+
+
+def _base() -> ml_collections.ConfigDict:
+    """The keys and defaults every variant starts from."""
     c = common.base("dgm")
     c.batch_size = 8
     c.train.cpu_ynn_fusions = False  # XLA's own CPU convolutions: the 128 px paper step 42 s, not 128 (YNNPACK).
@@ -62,45 +67,50 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.data.normal_fraction = 0.5  # Normal images in every training batch (the discriminator's reals).
     c.data.train.num_examples = 1024
     c.data.eval.num_examples = 256
-
-    if arg == "smoke":
-        common.smoke(c)
-        c.model.generator.update(dim=4, n_res=1, mlp_dim=8)
-        c.model.discriminator.update(dim=8, n_layers=3, num_scales=2)
-        c.model.ae.update(dim=4, n_down=2, latent=8)
-    elif arg in ("demo", "nih1000", "jsrt"):
-        c.model.generator.update(dim=16, n_res=2, mlp_dim=64)
-        c.model.discriminator.update(dim=16)
-        c.optim.learning_rate = 2e-4
-        c.optim.ema_decay = 0.99
-        c.train.num_steps = 1000
-        c.train.log_every = 50
-        c.train.checkpoint_every = 250
-        if arg == "nih1000":
-            _use_shared(c, "nih1000", train_split="train", eval_split="valid")
-        elif arg == "jsrt":
-            c.image_size = 128
-            c.augment.max_shift = 4
-            c.model.ae.n_down = 4
-            _use_shared(c, "jsrt", train_split="train", eval_split="valid")
-    elif arg == "paper":
-        c.image_size = 256
-        c.model.ae.update(dim=64, n_down=5, latent=256)
-        c.optim.decay_every = 100_000
-        c.train.num_steps = 300_000
-        c.train.log_every = 100
-        c.train.checkpoint_every = 5000
-        _use_shared(c, "nih1000", train_split="train", eval_split="valid")
-    else:
-        raise ValueError(f"unknown dgm variant {arg!r}; expected smoke, demo, nih1000, jsrt or paper")
     return c
 
 
-def _use_shared(c: ml_collections.ConfigDict, source: str, *, train_split: str, eval_split: str) -> None:
-    """Train and evaluate on a set of ../shared/data (paths relative to the project root)."""
-    c.data.train.source = c.data.eval.source = source
-    c.data.train.path = c.data.eval.path = f"../shared/data/{source}"
-    c.data.train.split, c.data.eval.split = train_split, eval_split
-    c.data.train.num_examples = c.data.eval.num_examples = 0
-    # nih1000's shipped splits share patients (see `sources.shared.load_nih1000`): split by patient instead.
-    c.data.train.patient_split = c.data.eval.patient_split = source == "nih1000"
+def _smoke(c: ml_collections.ConfigDict) -> None:
+    common.smoke(c)
+    c.model.generator.update(dim=4, n_res=1, mlp_dim=8)
+    c.model.discriminator.update(dim=8, n_layers=3, num_scales=2)
+    c.model.ae.update(dim=4, n_down=2, latent=8)
+
+
+def _demo(c: ml_collections.ConfigDict) -> None:
+    c.model.generator.update(dim=16, n_res=2, mlp_dim=64)
+    c.model.discriminator.update(dim=16)
+    c.optim.learning_rate = 2e-4
+    c.optim.ema_decay = 0.99
+    c.train.num_steps = 1000
+    c.train.log_every = 50
+    c.train.checkpoint_every = 250
+
+
+def _nih1000(c: ml_collections.ConfigDict) -> None:
+    _demo(c)
+    common.shared(c.data.train, "nih1000", "train")
+    common.shared(c.data.eval, "nih1000", "valid")
+
+
+def _jsrt(c: ml_collections.ConfigDict) -> None:
+    _demo(c)
+    c.image_size = 128
+    c.augment.max_shift = 4
+    c.model.ae.n_down = 4
+    common.shared(c.data.train, "jsrt", "train")
+    common.shared(c.data.eval, "jsrt", "valid")
+
+
+def _paper(c: ml_collections.ConfigDict) -> None:
+    c.image_size = 256
+    c.model.ae.update(dim=64, n_down=5, latent=256)
+    c.optim.decay_every = 100_000
+    c.train.num_steps = 300_000
+    c.train.log_every = 100
+    c.train.checkpoint_every = 5000
+    common.shared(c.data.train, "nih1000", "train")
+    common.shared(c.data.eval, "nih1000", "valid")
+
+
+VARIANTS = {"smoke": _smoke, "demo": _demo, "nih1000": _nih1000, "jsrt": _jsrt, "paper": _paper}

@@ -24,11 +24,15 @@ Run:
 import ml_collections
 
 from configs import common
-from cxr_jax.data import augment
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     """Returns the LD config for variant `arg` (smoke, demo, cxr, shape, paper)."""
+    return common.apply_variant(_base(), VARIANTS, arg)
+
+
+def _base() -> ml_collections.ConfigDict:
+    """The keys and defaults every variant starts from."""
     c = common.base("ld")
     c.batch_size = 8
     # XLA's own CPU convolutions, not YNNPACK: the paper step took 13.8 s instead of 20.7 and 7.9 GB, not 9.3.
@@ -65,7 +69,12 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.shape.critic_slope = 0.2  # LeakyReLU slope; the official `nn.LeakyReLU(True)` is slope 1 (linear).
     c.shape.r1 = 0.0  # γ of the critic's R1 penalty on real masks (γ/2 · E‖∇D‖²); 0: none, as the official.
 
-    c.augment = augment.augment_config("ld")
+    # The official X-ray pre-training code's ranges (Chen et al. 2023); crops keep the input's size.
+    c.augment = ml_collections.ConfigDict(dict(
+        crop_area=(0.9, 1.0), base_degrees=180.0, flip_lr=0.5, flip_ud=0.5, view_degrees=2.0,
+        brightness=(0.6, 1.4), contrast=(0.6, 1.4),  # ColorJitter(0.4, 0.4, …) in the training scripts.
+        mixup=(0.2, 0.8),
+        turn_view2=True))  # View 2's random 90°/180° turns: a turn-invariant embedding.
     c.data.extra_train = ml_collections.ConfigDict()  # More training sets (name → data spec), concatenated.
     c.data.train.num_examples = 512
     c.data.eval.num_examples = 64
@@ -73,61 +82,67 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.data.template.num_examples = 1
     c.data.shape_masks = common.data_spec("phantom", "valid")  # The shape prior's handful of unpaired masks.
     c.data.shape_masks.num_examples = 5
-
-    if arg == "smoke":
-        common.smoke(c)
-        c.model.update(embed_dim=8, num_clusters=4)
-        c.model.layers = (4, "M", 8, "M", 8, "M", 8, "M", 8)
-        c.model.widths = ((8, 8), (8, 8), (8, 4), ())
-        c.loss.grid = 4
-        c.loss.stage1_steps = 3
-        c.landmarks.update(sigma=1.5, ncc_patch=5)
-        c.shape.critic_channels = (4, 8)
-    elif arg == "demo":
-        c.train.num_steps = 600
-        c.train.log_every = 25
-        c.train.checkpoint_every = 100
-        c.loss.stage1_steps = 200
-    elif arg in ("cxr", "shape"):
-        c.image_size = 128
-        _shared(c.data.train, "jsrt", "train")  # Queries (jsrt valid) stay unseen, even without labels.
-        _shared(c.data.eval, "jsrt", "valid")
-        _shared(c.data.template, "jsrt", "train")
-        c.data.template.num_examples = 1
-        for source in ("nih1000", "openist"):
-            c.data.extra_train[source] = common.data_spec(source, "all")
-            _shared(c.data.extra_train[source], source)
-        c.train.num_steps = 2000
-        c.train.log_every = 50
-        c.train.checkpoint_every = 250
-        c.loss.stage1_steps = 800
-        # CXRs are upright: turning view 2 made left and right lung borders alike (400 steps on jsrt valid:
-        # 36 % of lung landmarks on the wrong side with turns, 15 % without; MRE 138.9 vs 84.9 px).
-        c.augment.turn_view2 = False
-        if arg == "shape":
-            c.shape.weight = 1.0
-            c.shape.critic_channels = (16, 32, 32, 32)  # 128 px → 8 → 4 after the unpadded convs.
-            # Without R1 the critic won and channel 0 emptied for good (area 0.21 → 0.001 in 100 steps).
-            c.shape.r1 = 10.0
-            # The critic never sees the image: with any rotation and both flips on the masks, a lung pair
-            # turned 90° was as real as an upright one, and channel 0 took apices + diaphragm (Dice 0.36 on jsrt
-            # valid lungs at step 2000). Upright: 0.80 (the prior's mean mask, never seeing the image: 0.81).
-            c.augment.update(base_degrees=10.0, flip_ud=0.0)
-            _shared(c.data.shape_masks, "jsrt", "train")
-            c.data.shape_masks.num_examples = 5
-    elif arg == "paper":
-        c.image_size = 448
-        c.landmarks.update(sigma=14.0, ncc_patch=53)  # The 128 px values, scaled.
-        c.model.remat = True  # Measured at batch 8: XLA step memory 6.8 GB (11.7 GB without).
-        c.train.num_steps = 100_000
-        c.train.log_every = 100
-        c.train.checkpoint_every = 1000
-        c.loss.stage1_steps = 20_000
-    else:
-        raise ValueError(f"unknown ld variant {arg!r}; expected smoke, demo, cxr, shape or paper")
     return c
 
 
-def _shared(spec: ml_collections.ConfigDict, source: str, split: str = "all") -> None:
-    """A split of a set of ../shared/data (path relative to the project root)."""
-    spec.source, spec.path, spec.split, spec.num_examples = source, f"../shared/data/{source}", split, 0
+def _smoke(c: ml_collections.ConfigDict) -> None:
+    common.smoke(c)
+    c.model.update(embed_dim=8, num_clusters=4)
+    c.model.layers = (4, "M", 8, "M", 8, "M", 8, "M", 8)
+    c.model.widths = ((8, 8), (8, 8), (8, 4), ())
+    c.loss.grid = 4
+    c.loss.stage1_steps = 3
+    c.landmarks.update(sigma=1.5, ncc_patch=5)
+    c.shape.critic_channels = (4, 8)
+
+
+def _demo(c: ml_collections.ConfigDict) -> None:
+    c.train.num_steps = 600
+    c.train.log_every = 25
+    c.train.checkpoint_every = 100
+    c.loss.stage1_steps = 200
+
+
+def _cxr(c: ml_collections.ConfigDict) -> None:
+    c.image_size = 128
+    common.shared(c.data.train, "jsrt", "train")  # Queries (jsrt valid) stay unseen, even without labels.
+    common.shared(c.data.eval, "jsrt", "valid")
+    common.shared(c.data.template, "jsrt", "train")
+    c.data.template.num_examples = 1
+    for source in ("nih1000", "openist"):
+        c.data.extra_train[source] = common.data_spec(source, "all")
+        common.shared(c.data.extra_train[source], source)
+    c.train.num_steps = 2000
+    c.train.log_every = 50
+    c.train.checkpoint_every = 250
+    c.loss.stage1_steps = 800
+    # CXRs are upright: turning view 2 made left and right lung borders alike (400 steps on jsrt valid:
+    # 36 % of lung landmarks on the wrong side with turns, 15 % without; MRE 138.9 vs 84.9 px).
+    c.augment.turn_view2 = False
+
+
+def _shape(c: ml_collections.ConfigDict) -> None:
+    _cxr(c)
+    c.shape.weight = 1.0
+    c.shape.critic_channels = (16, 32, 32, 32)  # 128 px → 8 → 4 after the unpadded convs.
+    # Without R1 the critic won and channel 0 emptied for good (area 0.21 → 0.001 in 100 steps).
+    c.shape.r1 = 10.0
+    # The critic never sees the image: with any rotation and both flips on the masks, a lung pair
+    # turned 90° was as real as an upright one, and channel 0 took apices + diaphragm (Dice 0.36 on jsrt
+    # valid lungs at step 2000). Upright: 0.80 (the prior's mean mask, never seeing the image: 0.81).
+    c.augment.update(base_degrees=10.0, flip_ud=0.0)
+    common.shared(c.data.shape_masks, "jsrt", "train")
+    c.data.shape_masks.num_examples = 5
+
+
+def _paper(c: ml_collections.ConfigDict) -> None:
+    c.image_size = 448
+    c.landmarks.update(sigma=14.0, ncc_patch=53)  # The 128 px values, scaled.
+    c.model.remat = True  # Measured at batch 8: XLA step memory 6.8 GB (11.7 GB without).
+    c.train.num_steps = 100_000
+    c.train.log_every = 100
+    c.train.checkpoint_every = 1000
+    c.loss.stage1_steps = 20_000
+
+
+VARIANTS = {"smoke": _smoke, "demo": _demo, "cxr": _cxr, "shape": _shape, "paper": _paper}

@@ -23,6 +23,11 @@ from configs import common
 
 def get_config(arg: str = "lungs") -> ml_collections.ConfigDict:
     """Returns the segmentation config for variant `arg` (smoke, lungs, jsrt, ld_transfer)."""
+    return common.apply_variant(_base(), VARIANTS, arg)
+
+
+def _base() -> ml_collections.ConfigDict:
+    """The keys and defaults every variant starts from."""
     c = common.base("segment")
     c.batch_size = 16
     c.image_size = 128
@@ -50,31 +55,34 @@ def get_config(arg: str = "lungs") -> ml_collections.ConfigDict:
     c.train.num_steps = 1000
     c.train.log_every = 50
     c.train.checkpoint_every = 250
-
-    if arg == "smoke":
-        common.smoke(c)
-        c.model.layers = (4, "M", 8, "M", 8, "M", 8, "M", 8)
-        c.model.widths = ((8, 8), (8, 8), (8, 4), (4, 4))
-    elif arg == "lungs":
-        _shared(c.data.train, "openist", "train")
-        c.data.extra_train.jsrt = common.data_spec("jsrt", "train")
-        _shared(c.data.extra_train.jsrt, "jsrt", "train")
-        _shared(c.data.eval, "jsrt", "valid")
-    elif arg == "jsrt":
-        c.model.structures = ("lungs", "heart", "clavicles")
-        _shared(c.data.train, "jsrt", "train")
-        _shared(c.data.eval, "jsrt", "valid")
-    elif arg == "ld_transfer":
-        c.model.structures = ("left_lung", "right_lung", "heart", "clavicles")
-        c.optim.freeze_encoder_steps = 200
-        c.loss.bce = 0.0  # Soft Dice only, as LD's transfer experiments.
-        _shared(c.data.train, "jsrt", "train")
-        _shared(c.data.eval, "jsrt", "valid")
-    else:
-        raise ValueError(f"unknown segment variant {arg!r}; expected smoke, lungs, jsrt or ld_transfer")
     return c
 
 
-def _shared(spec: ml_collections.ConfigDict, source: str, split: str) -> None:
-    """A set of ../shared/data (path relative to the project root), all of `split`."""
-    spec.source, spec.path, spec.split, spec.num_examples = source, f"../shared/data/{source}", split, 0
+def _smoke(c: ml_collections.ConfigDict) -> None:
+    common.smoke(c)
+    c.model.layers = (4, "M", 8, "M", 8, "M", 8, "M", 8)
+    c.model.widths = ((8, 8), (8, 8), (8, 4), (4, 4))
+
+
+def _lungs(c: ml_collections.ConfigDict) -> None:
+    common.shared(c.data.train, "openist", "train")
+    c.data.extra_train.jsrt = common.data_spec("jsrt", "train")
+    common.shared(c.data.extra_train.jsrt, "jsrt", "train")
+    common.shared(c.data.eval, "jsrt", "valid")
+
+
+def _jsrt(c: ml_collections.ConfigDict) -> None:
+    c.model.structures = ("lungs", "heart", "clavicles")
+    common.shared(c.data.train, "jsrt", "train")
+    common.shared(c.data.eval, "jsrt", "valid")
+
+
+def _ld_transfer(c: ml_collections.ConfigDict) -> None:
+    c.model.structures = ("left_lung", "right_lung", "heart", "clavicles")
+    c.optim.freeze_encoder_steps = 200
+    c.loss.bce = 0.0  # Soft Dice only, as LD's transfer experiments.
+    common.shared(c.data.train, "jsrt", "train")
+    common.shared(c.data.eval, "jsrt", "valid")
+
+
+VARIANTS = {"smoke": _smoke, "lungs": _lungs, "jsrt": _jsrt, "ld_transfer": _ld_transfer}

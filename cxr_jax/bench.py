@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cxr_jax import config as config_lib
+from cxr_jax import registry
 from cxr_jax.data import augment, pipeline, sources
-from cxr_jax.methods import METHODS
 from cxr_jax.train import loop
 
 
@@ -100,8 +101,11 @@ def _input_rate(batches, batch_size: int, num: int) -> float:
 
 
 def _pipelines() -> dict:
-    """Per-example tf.data functions of (uint8 image, seed) → dict, by name: decoding, ConVIRT's and LD's views."""
-    convirt, ld = augment.augment_config("convirt"), augment.augment_config("ld")
+    """Per-example tf.data functions of (uint8 image, seed) → dict, by name: decoding, ConVIRT's and LD's views.
+
+    The views take the papers' ranges, from the methods' `paper` configs.
+    """
+    convirt, ld = (config_lib.method_config(method, "paper").augment for method in ("convirt", "ld"))
     return {
         "decode": lambda image, seed: {"image": augment.to_unit(image)},
         "convirt": lambda image, seed: {"image": augment.convirt_view(augment.to_unit(image), seed, convirt)},
@@ -117,7 +121,7 @@ def run_data(config: ml_collections.ConfigDict, *, num_batches: int = 20) -> dic
     data = sources.load(spec, image_size=size, seed=config.seed)
     result = {"source": spec.source, "image_size": size, "batch_size": config.batch_size,
               "num_images": len(data["image"]), "load_images_per_sec": len(data["image"]) / (time.perf_counter() - t0)}
-    examples, preprocess = METHODS[config.method](config).train_data()  # The method's own pipeline, in full.
+    examples, preprocess = registry.build(config).train_data()  # The method's own pipeline, in full.
     result[f"{config.method}_images_per_sec"] = _pipeline_rate(examples, preprocess, config, num_batches)
     pipelines = {name: (lambda e, fn=fn: fn(e["image"], e["seed"])) for name, fn in _pipelines().items()}
     for name, preprocess in pipelines.items():

@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import json
 import pathlib
+import sys
 from collections.abc import Sequence
 
 import ml_collections
@@ -43,6 +44,10 @@ COMMON_KEYS: dict[str, tuple[type, ...]] = {
 }
 
 
+# This project's config files: beside the cxr_jax package in a checkout (they are not installed).
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
 class ConfigError(ValueError):
     """A config file, variant, override or value is not what a run expects."""
 
@@ -53,9 +58,7 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     file = pathlib.Path(path)
     if not file.is_file():
         raise ConfigError(f"config file {path!r} does not exist (expected e.g. configs/classifier.py:smoke)")
-    module_spec = importlib.util.spec_from_file_location(f"_cxr_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = _exec_config(file)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path!r} defines no get_config(arg)")
     config = module.get_config(arg) if arg else module.get_config()
@@ -82,10 +85,47 @@ def _with_new_keys(saved: dict) -> dict:
     start switched off) and every saved value wins.
     """
     try:
-        defaults = importlib.import_module(f"configs.{saved['method']}").get_config().to_dict()
-    except (KeyError, ModuleNotFoundError):  # No method, or one without a config file: validate() reports it.
+        defaults = method_config(saved["method"]).to_dict()
+    except (KeyError, ConfigError):  # No method, or one without a config file: validate() reports it.
         return saved
     return _merge(defaults, saved)
+
+
+def method_config(method: str, variant: str = "") -> ml_collections.ConfigDict:
+    """`get_config(variant)` of `configs/<method>.py` (its default variant if empty), from any working directory."""
+    module = configs_module(method)
+    return module.get_config(variant) if variant else module.get_config()
+
+
+def configs_module(name: str):
+    """The module `configs.<name>`: importable from here, else run from this project's `CONFIGS_DIR`."""
+    try:
+        return importlib.import_module(f"configs.{name}")
+    except ModuleNotFoundError as e:
+        if e.name not in ("configs", f"configs.{name}"):  # A config's own import failed: not ours to hide.
+            raise
+    file = CONFIGS_DIR / f"{name}.py"
+    if not file.is_file():
+        raise ConfigError(f"no config file configs/{name}.py (looked in {CONFIGS_DIR})")
+    return _exec_config(file)
+
+
+def _exec_config(file: pathlib.Path):
+    """Runs a config file as a fresh module.
+
+    The `configs` package is not installed: while the file runs, the directory above its own (then this
+    project's root) comes first on sys.path, so its `from configs import common` finds its siblings.
+    """
+    module_spec = importlib.util.spec_from_file_location(f"_cxr_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    paths = list(dict.fromkeys([str(file.resolve().parent.parent), str(CONFIGS_DIR.parent)]))
+    sys.path[:0] = paths
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        for path in paths:
+            sys.path.remove(path)
+    return module
 
 
 def _merge(defaults: dict, saved: dict) -> dict:

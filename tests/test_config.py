@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -55,8 +57,30 @@ def test_bad_overrides_fail_clearly(override, message):
 def test_missing_file_and_unknown_variant():
     with pytest.raises(config_lib.ConfigError, match="does not exist"):
         config_lib.load("configs/nope.py:smoke")
-    with pytest.raises(ValueError, match="unknown classifier variant"):
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"unknown classifier variant 'large'; expected smoke, demo, nih1000 or paper$"):
         config_lib.load(f"{ROOT}/configs/classifier.py:large")
+    with pytest.raises(config_lib.ConfigError, match="unknown ld variant 'nope'; expected smoke, demo, cxr, shape"):
+        config_lib.load(f"{ROOT}/configs/ld.py:nope")
+
+
+def test_config_files_import_no_tensorflow():
+    code = ("import sys; from cxr_jax import config; "
+            f"[config.load(f'configs/{{m}}.py:smoke') for m in {tuple(VARIANTS)}]; "
+            "assert 'tensorflow' not in sys.modules, 'a config imported tensorflow'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_config_files_load_from_another_directory(tmp_path):
+    # `configs` is not installed: a file loads by path, and a method's defaults come from the project's configs/.
+    code = ("import sys; from cxr_jax import config; path = list(sys.path); "
+            "print(config.method_config('ld', 'paper').image_size, "
+            f"config.load({str(ROOT / 'configs' / 'dgm.py')!r} + ':smoke').method); "
+            "assert sys.path == path, 'sys.path changed'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["448", "dgm"]
 
 
 def test_json_round_trip():

@@ -196,7 +196,7 @@ def random_gaussian_blur(image: tf.Tensor, seed: tf.Tensor, *, sigma: tuple[floa
     return gaussian_blur(image, sigma=_uniform(seed, *sigma), radius=math.ceil(3 * sigma[1]))
 
 
-# Each method's augmentation (ranges in the method's config; `augment_config` gives the papers' values).
+# Each method's augmentation (ranges in the method's config; the papers' are in configs/convirt.py and ld.py).
 
 
 def convirt_view(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
@@ -263,19 +263,3 @@ def ld_shape_masks(masks: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.Config
     picks = [masks[tf.random.stateless_uniform([], s[2 * i], 0, tf.shape(masks)[0], dtype=tf.int32)]
              for i in range(num)]
     return tf.stack([tf.cast(ld_base(m, s[2 * i + 1], cfg) > 0.5, tf.float32) for i, m in enumerate(picks)])
-
-
-def augment_config(method: str) -> ml_collections.ConfigDict:
-    """The papers' augmentation ranges, for a method config's `augment` field (crops keep the input's size)."""
-    if method == "convirt":  # Zhang et al. 2022, Sec. 3.3 / their torchvision pipeline.
-        return ml_collections.ConfigDict(dict(
-            crop_area=(0.6, 1.0), flip=0.5, degrees=20.0, translate=0.1, scale=(0.95, 1.05),
-            brightness=(0.6, 1.4), contrast=(0.6, 1.4), blur_sigma=(0.1, 3.0),
-            blur_reference_size=224))  # blur_sigma is in pixels of an image this wide; scaled to the input.
-    if method == "ld":  # Chen et al. 2023, official X-ray pre-training code.
-        return ml_collections.ConfigDict(dict(
-            crop_area=(0.9, 1.0), base_degrees=180.0, flip_lr=0.5, flip_ud=0.5, view_degrees=2.0,
-            brightness=(0.6, 1.4), contrast=(0.6, 1.4),  # ColorJitter(0.4, 0.4, …) in the training scripts.
-            mixup=(0.2, 0.8),
-            turn_view2=True))  # View 2's random 90°/180° turns: a turn-invariant embedding.
-    raise ValueError(f"no paper augmentation for method {method!r}; expected convirt or ld")

@@ -7,9 +7,15 @@ import pytest
 import scipy.ndimage
 import tensorflow as tf
 
+from cxr_jax import config as config_lib
 from cxr_jax.data import augment
 
 SEED = tf.constant([3, 7], tf.int64)
+
+
+def _paper_augment(method):
+    """The paper's augmentation ranges, as configs/<method>.py holds them."""
+    return config_lib.method_config(method, "paper").augment
 
 
 def _ramp(h=9, w=9, c=1):
@@ -154,7 +160,7 @@ def test_flip_and_rot_flip_inverse_recovers_a_planted_pattern():
 
 @pytest.mark.parametrize("method", ["convirt", "ld"])
 def test_method_views_are_deterministic_and_the_same_inside_tf_data(method):
-    cfg = augment.augment_config(method)
+    cfg = _paper_augment(method)
     image = augment.to_unit(tf.cast(_ramp(40, 48) * 255, tf.uint8))
 
     def view(img, s):
@@ -175,7 +181,7 @@ def test_ld_shape_masks_draw_from_the_set_and_stay_binary_masks_of_their_area():
     square = np.zeros((40, 40), np.float32)
     square[16:24, 14:26] = 1.0  # 96 px against the disc's 197.
     masks = tf.constant(np.stack([disc, square])[..., None])
-    cfg = augment.augment_config("ld")
+    cfg = _paper_augment("ld")
     picked = []
     for s in range(8):
         out = augment.ld_shape_masks(masks, tf.constant([s, 1], tf.int64), cfg, num=2).numpy()
@@ -189,7 +195,7 @@ def test_ld_shape_masks_draw_from_the_set_and_stay_binary_masks_of_their_area():
 
 def test_ld_base_flips_only_where_asked():
     image = tf.constant(np.random.default_rng(0).uniform(size=(16, 16, 1)), tf.float32)
-    cfg = augment.augment_config("ld")
+    cfg = _paper_augment("ld")
     cfg.update(dict(base_degrees=0.0, crop_area=(1.0, 1.0)))
     seeds = [tf.constant([s, 2], tf.int64) for s in range(12)]
 
@@ -205,14 +211,8 @@ def test_ld_base_flips_only_where_asked():
     assert seen(0.0, 1.0) == {"ud"}
 
 
-def test_augment_config_knows_the_papers():
-    assert tuple(augment.augment_config("convirt").crop_area) == (0.6, 1.0)
-    with pytest.raises(ValueError, match="no paper augmentation"):
-        augment.augment_config("dgm")
-
-
 def test_convirt_blur_is_scaled_from_the_papers_224_pixels():
-    cfg = augment.augment_config("convirt")
+    cfg = _paper_augment("convirt")
     cfg.update(dict(crop_area=(1.0, 1.0), flip=0.0, degrees=0.0, translate=0.0, scale=(1.0, 1.0),
                     brightness=(1.0, 1.0), contrast=(1.0, 1.0), blur_sigma=(4.0, 4.0)))
     image = tf.constant(np.random.default_rng(0).uniform(size=(56, 56, 1)), tf.float32)
