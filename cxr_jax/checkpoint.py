@@ -25,6 +25,20 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self._manager.latest_step()
 
+    def resolve(self, which: str | int) -> int:
+        """The step of checkpoint `which`: 'latest' or a step number (as int or digits)."""
+        steps = self._manager.all_steps()
+        if which == "latest":
+            if not steps:
+                raise FileNotFoundError(f"no checkpoint under {self.directory}; train first")
+            return max(steps)
+        if isinstance(which, int) or str(which).isdigit():
+            if int(which) not in steps:
+                raise FileNotFoundError(f"no checkpoint of step {which} under {self.directory}; there are "
+                                        f"{sorted(steps) or 'none'}")
+            return int(which)
+        raise ValueError(f"checkpoint {which!r}: expected 'latest' or a step number")
+
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Saves asynchronously; the arrays are copied off the devices before this returns."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))

@@ -18,7 +18,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from cxr_jax.data.sources.io import DataError
+from cxr_jax.data.sources.fileio import DataError
 from cxr_jax.models import bert, resnet
 
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,

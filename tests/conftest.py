@@ -48,17 +48,15 @@ def final_state(spec: str, workdir: pathlib.Path, overrides=()):
     import jax
 
     from cxr_jax import config as config_lib
-    from cxr_jax import parallel
-    from cxr_jax.evaluate import common
-    from cxr_jax.methods import METHODS
+    from cxr_jax import parallel, registry, runs
 
     config = config_lib.load(spec, overrides)
     mesh = parallel.make_mesh()
-    method = METHODS[config.method](config, mesh)
+    method = registry.build(config, mesh)
     size = config.image_size
     batch = {"image": np.zeros((config.batch_size, size, size, 1), np.float32),
              "label": np.zeros((config.batch_size,), np.int32)}
-    state, step = common.restore_latest(workdir, method, batch, mesh)
+    state, step = runs.restore_latest(workdir, method, batch, mesh)
     return jax.device_get(state), step
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_jax import parallel
-from cxr_jax.data.sources import io
+from cxr_jax.data.sources import fileio
 
 log = logging.getLogger("cxr_jax.data")
 
@@ -53,19 +53,19 @@ class FileImages:
     """
 
     def __init__(self, files, *, image_size: int, on_error: str):
-        if on_error not in io.ON_ERROR:
-            raise io.DataError(f"data on_error must be one of {io.ON_ERROR}; got {on_error!r}")
+        if on_error not in fileio.ON_ERROR:
+            raise fileio.DataError(f"data on_error must be one of {fileio.ON_ERROR}; got {on_error!r}")
         self.files, self.image_size, self.skip = [str(f) for f in files], image_size, on_error == "skip"
         self.bad: dict[int, str] = {}
-        self.error: io.DataError | None = None
+        self.error: fileio.DataError | None = None
         self._lock = threading.Lock()
 
     def _read(self, index: int) -> np.ndarray | None:
         if index in self.bad:
             return None
         try:
-            return io.read_gray(self.files[index], self.image_size)[0][..., None]
-        except io.DataError as e:
+            return fileio.read_gray(self.files[index], self.image_size)[0][..., None]
+        except fileio.DataError as e:
             with self._lock:
                 if not self.skip:
                     self.error = e
@@ -80,7 +80,7 @@ class FileImages:
             image = self._read((int(index) + k) % len(self.files))
             if image is not None:
                 return image
-        self.error = io.DataError(f"none of the {len(self.files)} image files is readable; first: {self.bad[0]}")
+        self.error = fileio.DataError(f"none of the {len(self.files)} image files is readable; first: {self.bad[0]}")
         raise self.error
 
     def _maybe(self, index) -> tuple[np.ndarray, np.bool_]:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from cxr_jax.data import phantom
 from cxr_jax.data.sources import public
-from cxr_jax.data.sources.io import DataError, read_csv
+from cxr_jax.data.sources.fileio import DataError, read_csv
 
 NORMAL = "No Finding"
 FINDING_NAMES = {  # Source -> names of its `findings` columns.

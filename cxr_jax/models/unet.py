@@ -109,7 +109,7 @@ class UNet(nn.Module):
         return self.decoder(self.encoder(x, train), train)
 
 
-class Segmenter(nn.Module):
+class SegmentationUNet(nn.Module):
     """A U-Net with a 3×3 conv head: one logit per structure and pixel [B, H, W, num_classes] (float32).
 
     Structures may overlap (clavicles over lungs), so each channel is its own sigmoid.

@@ -1,7 +1,7 @@
 """The one training loop every method runs on.
 
-A method object supplies `train_data()`, `init(rng, batch)` and `train_step(state, batch)` (and, optionally,
-`batch_composition`: rows per `stratum` of each batch, see `pipeline.train_dataset`). The loop owns the
+A method object (`train.method.Method`) supplies `train_data()`, `init(rng, batch)`, `train_step(state, batch)`
+and the optional hooks (`batch_composition`, `load_pretrained`). The loop owns the
 rest: mesh, sharded init, the compiled and donated step, the input position, checkpoints, metrics,
 non-finite checks and SIGTERM. Metrics stay on device between log points; dispatch runs at most
 `MAX_IN_FLIGHT` steps ahead of compute.
@@ -20,11 +20,11 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from cxr_jax import checkpoint, parallel
+from cxr_jax import checkpoint, parallel, registry
 from cxr_jax import config as config_lib
 from cxr_jax.data import pipeline
-from cxr_jax.methods import METHODS
 from cxr_jax.metrics import MetricWriter
+from cxr_jax.train.method import Method
 from cxr_jax.train.state import TrainState
 
 # Steps dispatched ahead of the device. Two keep it busy; more only delay a SIGTERM's checkpoint (the save waits
@@ -40,7 +40,7 @@ class NonFiniteError(RuntimeError):
 class Setup:
     """What `train`, `evaluate` and `bench` share: the method, the mesh, the data and compiled functions."""
 
-    method: Any
+    method: Method
     mesh: jax.sharding.Mesh
     batches: Any  # Iterator of global batches from `start_step` on.
     first_batch: dict
@@ -50,17 +50,17 @@ class Setup:
 
 
 def setup(config: ml_collections.ConfigDict, start_step: int = 0, *, mesh: jax.sharding.Mesh | None = None,
-          method: Any = None) -> Setup:
+          method: Method | None = None) -> Setup:
     """Builds the method, mesh (default: all devices), input iterator and the jitted init and train step."""
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    method = method or METHODS[config.method](config, mesh)
+    method = method or registry.build(config, mesh)
     examples, preprocess = method.train_data()
     batches = pipeline.train_iterator(examples, preprocess=preprocess, global_batch=config.batch_size,
                                       seed=config.seed, start_step=start_step, mesh=mesh,
                                       prefetch=config.data.prefetch, image_size=config.image_size,
                                       on_error=config.data.train.on_error,
-                                      composition=getattr(method, "batch_composition", None))
+                                      composition=method.batch_composition)
     first = next(batches)
     replicated = parallel.replicated(mesh)
     rng = jax.random.key(config.seed)
@@ -137,8 +137,7 @@ def _initial_state(config, s: Setup, ckpt: checkpoint.Checkpointer, start_step: 
                              f"seed={config.seed} would change the input order")
         return state
     state = s.init_fn(jax.random.key(config.seed), s.first_batch)
-    if hasattr(s.method, "load_pretrained"):  # Methods may import pretrained weights into a fresh state.
-        state = s.method.load_pretrained(state)
+    state = s.method.load_pretrained(state)
     if config.init_from:
         other = checkpoint.Checkpointer(pathlib.Path(config.init_from) / "checkpoints", read_only=True)
         step = other.latest_step()

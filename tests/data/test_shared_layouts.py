@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr_jax.cli.main import main
 from cxr_jax.data import sources
-from cxr_jax.data.sources import io as data_io
-from cxr_jax.main import main
+from cxr_jax.data.sources import fileio as data_io
 from tests.conftest import data_spec, shared_dir
 
 

@@ -57,7 +57,7 @@ def test_nih1000_patient_split_keeps_each_patient_on_one_side(tmp_path):
         names = sources.load(data_spec("nih1000", tmp_path, split, patient_split=True), image_size=8, seed=0)["name"]
         sides[split] = {int(n[7:-4]) // 3 for n in names}  # images/<i>.png → patient i // 3.
         assert len(names) == 3 * len(sides[split])  # Every image of each chosen patient.
-        assert sides[split] == {p for p in range(20) if sources.io.in_split(str(p), split)}
+        assert sides[split] == {p for p in range(20) if sources.fileio.in_split(str(p), split)}
     assert not sides["train"] & sides["valid"] and len(sides["train"] | sides["valid"]) == 20
     _write_nih(tmp_path, rows[:1], header="image,split,abnormal")
     with pytest.raises(sources.DataError, match="missing required column"):

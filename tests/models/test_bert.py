@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cxr_jax.models import bert, convirt, resnet
+from cxr_jax.methods.convirt import model as convirt
+from cxr_jax.models import bert, resnet
 
 TINY = dict(vocab_size=50, hidden_size=16, num_layers=3, num_heads=2, intermediate_size=32, max_positions=12)
 

@@ -26,12 +26,12 @@ def test_parameter_count_matches_the_official_layout():
     decoder = [(256, 128), (128, 64), (128, 64), (64, 32), (64, 32), (32, 16), (32, 16), (16, 16)]
     head = 9 * 16 * 3 + 3
     want = sum(conv_bn(*c) for c in encoder + decoder) + head
-    variables = unet.Segmenter(3).init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    variables = unet.SegmentationUNet(3).init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
     assert sum(x.size for x in jax.tree.leaves(variables["params"])) == want
 
 
 def test_segmenter_logits_and_batch_statistics():
-    model = unet.Segmenter(2, layers=(4, "M", 8), widths=((4, 4),))
+    model = unet.SegmentationUNet(2, layers=(4, "M", 8), widths=((4, 4),))
     x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
     variables = model.init(jax.random.key(0), x)
     logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])

@@ -12,7 +12,8 @@ import numpy as np
 import optax
 
 from cxr_jax import config as config_lib
-from cxr_jax.train import classifier, loop
+from cxr_jax.methods.classifier import trainer as classifier
+from cxr_jax.train import loop
 
 STEPS = int(sys.argv[2]) if len(sys.argv) > 2 else 6
 

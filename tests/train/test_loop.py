@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cxr_jax import checkpoint, evaluate, metrics
+from cxr_jax import checkpoint, metrics, runs
 from cxr_jax import config as config_lib
-from cxr_jax.train import classifier, loop
+from cxr_jax.methods.classifier import trainer as classifier
+from cxr_jax.train import loop
 from tests.conftest import SMOKE, assert_trees_equal, final_state, image_folder
 
 
@@ -34,7 +35,7 @@ def test_training_fits_a_small_set(tmp_path):
     overrides = ["train.num_steps=100", "image_size=64", "model.width=16", "data.train.num_examples=32",
                  "data.eval.split=train", "data.eval.num_examples=32", "augment.max_shift=0", "augment.contrast=0.0"]
     _train(tmp_path, *overrides)
-    result = evaluate.run(config_lib.load(SMOKE, overrides), tmp_path)
+    result = runs.evaluate(config_lib.load(SMOKE, overrides), tmp_path)
     assert result["loss"] < 0.4 and result["auc"] > 0.95, result
 
 

@@ -15,7 +15,7 @@ A loader returns a dict of NumPy arrays sharing their leading length N. Keys, wh
   text         object [N]          report or note text (reports: "FINDINGS: … IMPRESSION: …")
   report_findings, report_impression   object [N]   the two report sections on their own
   file         object [N]          the image file; with `data.*.stream` it replaces `image` (decoded in tf.data)
-Every loader reads its rows through `io.collect`, so `data.*.on_error` ('raise' | 'skip') and `data.*.stream`
+Every loader reads its rows through `fileio.collect`, so `data.*.on_error` ('raise' | 'skip') and `data.*.stream`
 (keep `file`, decode in the pipeline) work the same for every source.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from cxr_jax.data import phantom
 from cxr_jax.data.sources import mimic, public, rsna, shared
-from cxr_jax.data.sources.io import DataError, read_gray
+from cxr_jax.data.sources.fileio import DataError, read_gray
 
 __all__ = ["DataError", "SOURCES", "concatenate", "describe", "images_only", "labelled_images", "load", "read_gray",
            "with_masks"]

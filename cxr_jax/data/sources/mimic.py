@@ -17,7 +17,7 @@ import zipfile
 
 import numpy as np
 
-from cxr_jax.data.sources.io import DataError, collect, first, read_csv, report_text, require_dir
+from cxr_jax.data.sources.fileio import DataError, collect, first, read_csv, report_text, require_dir
 from cxr_jax.data.sources.public import CHEXPERT_OBSERVATIONS, check_policy, chexpert_label, chexpert_value
 
 SPLITS = {"train": "train", "valid": "validate", "validate": "validate", "test": "test"}

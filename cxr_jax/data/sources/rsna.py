@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxr_jax.data.sources.io import (
+from cxr_jax.data.sources.fileio import (
     DataError,
     collect,
     first,

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from cxr_jax.data.sources import public
-from cxr_jax.data.sources.io import (
+from cxr_jax.data.sources.fileio import (
     DataError,
     collect,
     first,

@@ -1,0 +1,1 @@
+"""A normal/abnormal ResNet classifier (optionally on DGM residues), its evaluation and run comparison."""

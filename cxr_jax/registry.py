@@ -1,0 +1,36 @@
+"""The methods a config's `method` key selects: name → `module:Class`, imported on first use.
+
+Nothing is imported until a method is asked for, so `cxr-jax train --config configs/ld.py:…` loads LD's code
+only, not DGM's, ConVIRT's or the evaluators' plotting libraries.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import jax
+import ml_collections
+
+from cxr_jax.config import ConfigError
+from cxr_jax.train.method import Method
+
+METHODS = {
+    "classifier": "cxr_jax.methods.classifier.trainer:Classifier",
+    "convirt": "cxr_jax.methods.convirt.trainer:ConVIRT",
+    "dgm": "cxr_jax.methods.dgm.trainer:DGM",
+    "ld": "cxr_jax.methods.ld.trainer:LD",
+    "segment": "cxr_jax.methods.segment.trainer:Segment",
+}
+
+
+def get(name: str) -> type[Method]:
+    """The class of method `name`."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; expected one of {', '.join(sorted(METHODS))}")
+    module, _, cls = METHODS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Method:
+    """The method object of `config.method` for `config` on `mesh`."""
+    return get(config.method)(config, mesh)

@@ -1,0 +1,54 @@
+"""What a method provides: the contract between a method's trainer and the shared loop, runs and commands.
+
+A method is a class built from `(config, mesh)` (`registry.build`). The loop calls `train_data`, `init`,
+`train_step` and the optional hooks; `runs` calls `preprocess_eval`, `predict` and `evaluate`.
+"""
+
+from __future__ import annotations
+
+import abc
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from cxr_jax.train.state import TrainState
+
+
+class Method(abc.ABC):
+    """Base class of every method's trainer; subclasses set `self.config` in `__init__(config, mesh)`."""
+
+    config: ml_collections.ConfigDict
+    # Optional hook: rows per `stratum` value in every batch (see `pipeline.train_dataset`); None: any mix.
+    batch_composition: dict[int, int] | None = None
+
+    @abc.abstractmethod
+    def train_data(self) -> tuple[dict[str, np.ndarray], Callable]:
+        """The training examples (arrays, or `file` paths to stream) and the per-example tf.data preprocessing."""
+
+    @abc.abstractmethod
+    def init(self, rng: jax.Array, batch: dict) -> TrainState:
+        """A fresh state for batches shaped like `batch` (traced under `jax.eval_shape` and `jax.jit`)."""
+
+    @abc.abstractmethod
+    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One optimisation step on a global batch: the new state and scalar metrics."""
+
+    @abc.abstractmethod
+    def preprocess_eval(self, example: dict) -> dict:
+        """The tf.data preprocessing of one evaluation example (no augmentation)."""
+
+    @abc.abstractmethod
+    def evaluate(self, state: TrainState, mesh: jax.sharding.Mesh, outdir: pathlib.Path) -> dict[str, float]:
+        """The method's named metrics on `config.data.eval`, with figures written to `outdir`."""
+
+    def predict(self, state: TrainState, batch: dict) -> Any:
+        """The model's outputs for an evaluation batch (what `runs.predict` maps by default)."""
+        raise NotImplementedError(f"{type(self).__name__} has no default prediction; pass `fn` to runs.predict")
+
+    def load_pretrained(self, state: TrainState) -> TrainState:
+        """Optional hook: a fresh state with pretrained weights imported (default: unchanged)."""
+        return state
