@@ -31,7 +31,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, image
     """Decomposes every image under `images`; returns the per-image records also written as NAME.json."""
     mesh = parallel.make_mesh()
     _, method, state, step = runs.restore_run(workdir, "dgm", needed="a DGM run (configs/dgm.py)", mesh=mesh,
-                                                config=config)
+                                              config=config)
     size = config.image_size
     files, pixels, orig_sizes = fileio.read_images(images, size)
     masks = decompose.lung_masks_for(config, files, pixels, lung_masks)  # Fails before anything is written.

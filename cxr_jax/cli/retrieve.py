@@ -27,7 +27,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, query
     """Ranks `images` against `query`; writes and returns the top `top_k` matches."""
     mesh = parallel.make_mesh()
     _, method, state, step = runs.restore_run(workdir, "convirt", needed="a ConVIRT run (configs/convirt.py)",
-                                                mesh=mesh, config=config)
+                                              mesh=mesh, config=config)
     files, pixels, _ = fileio.read_images(images, config.image_size)
     scores = retrieve.scores(method, state, mesh, pixels, query)
     order = np.argsort(-scores, kind="stable")[:top_k]

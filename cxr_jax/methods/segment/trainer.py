@@ -81,7 +81,7 @@ class Segment(Method):
             return state
         run = self.config.model.encoder_from
         source_config, _, source, _ = runs.restore_run(run, "ld", needed="an LD run (model.encoder_from)",
-                                                         mesh=self.mesh)
+                                                       mesh=self.mesh)
         if tuple(source_config.model.layers) != tuple(self.config.model.layers):
             raise ConfigError(f"model.encoder_from={run!r}: needs an LD run with model.layers="
                               f"{tuple(self.config.model.layers)}; it has layers {tuple(source_config.model.layers)}")
