@@ -49,11 +49,10 @@ def compiler_options(mesh: Mesh, *, ynn_fusions: bool = True) -> dict[str, str]:
 
     - Keep the optimization barriers that make `jax.checkpoint` work. XLA's CPU pipeline expands them early
       (pass `cse_barrier_expander`) and its later CSE merges the recomputed forward back into the stored one,
-      so rematerialisation saved no memory at all (LD at 128 px: 977 MB with and without `model.remat`).
+      so rematerialisation saved no memory at all.
     - With `ynn_fusions` False (the config's `train.cpu_ynn_fusions`), leave ops to XLA's own CPU emitters,
-      not YNNPACK, where this XLA has the option. Measured on this project's 2-core CPU: off, LD's paper step
-      (448 px, `cxr-jax bench`) took 13.8 s instead of 20.7 and peaked at 7.9 GB RSS instead of 9.3; timed
-      alternately in one process, DGM's (128 px) 42 s instead of 128 and ConVIRT's (224 px) 142 s, not 126.
+      not YNNPACK, where this XLA has the option: faster and smaller for LD's and DGM's steps, slower for
+      ConVIRT's (the README's benchmark notes have the figures).
     """
     if mesh.devices.flat[0].platform != "cpu":
         return {}
