@@ -156,7 +156,13 @@ class ConVIRT(Method):
         return loss(image, text_emb, temperature)
 
     def _embed(self, params, model_state, batch, rng, num_chunks: int):
-        """Both towers over the batch, one micro-batch per scan iteration; BatchNorm statistics carried."""
+        """Both towers over the batch, one micro-batch per scan iteration; BatchNorm statistics carried.
+
+        One chunk runs without the scan: XLA:CPU runs convolutions inside a while loop many times slower
+        (jax-ml/jax#12868; the README's benchmark notes), and the results are the same.
+        """
+        if num_chunks == 1:
+            return self._embed_chunk(params, model_state, batch, jax.random.fold_in(rng, 0))
 
         def body(model_state, xs):
             chunk, index = xs

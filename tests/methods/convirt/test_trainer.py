@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import jax.extend
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -56,6 +57,29 @@ def test_step_trains_the_free_parameters_only(smoke):
     moved = [not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before["text_encoder"]["layer_1"]),
                                                       jax.tree.leaves(after["text_encoder"]["layer_1"]))]
     assert all(moved)
+
+
+def _convolutions_in_loops(jaxpr, in_loop: bool = False) -> int:
+    count = 0
+    for eqn in jaxpr.eqns:
+        loop_here = in_loop or eqn.primitive.name in ("scan", "while")
+        count += loop_here and eqn.primitive.name == "conv_general_dilated"
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            count += _convolutions_in_loops(sub, loop_here)
+    return count
+
+
+def test_one_chunk_runs_the_towers_outside_any_loop():
+    """XLA:CPU runs convolutions inside a while loop many times slower (jax-ml/jax#12868)."""
+    mesh = parallel.make_mesh(jax.devices()[:1])
+
+    def in_loops(overrides):
+        config = config_lib.load(SMOKE, overrides)
+        s = loop.setup(config, mesh=mesh, method=convirt.ConVIRT(config, mesh))
+        return _convolutions_in_loops(jax.make_jaxpr(s.method.train_step)(s.abstract_state, s.first_batch).jaxpr)
+
+    assert in_loops([]) == 0
+    assert in_loops(["train.grad_cache_chunks=2"]) > 0  # The micro-batch loop is still a loop.
 
 
 def test_grad_cache_chunks_must_divide_the_batch():
