@@ -10,6 +10,7 @@ package; PyTorch pickles (.pth/.pt/.bin) need torch and are read with `weights_o
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import re
 import struct
@@ -45,27 +46,63 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise DataError(f"{path}: expected a state dict (name → tensor), got {type(state).__name__}")
+    others = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if others:
+        raise DataError(f"{path}: expected a state dict (name → tensor); {others[:5]} are not tensors")
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors file, whose header must tile its byte buffer exactly (as the format requires).
+
+    Every tensor's `data_offsets` must lie in the buffer, match its dtype and shape, and the tensors must cover
+    the buffer without gaps or overlaps, so no tensor can alias another or read past the end.
+    """
     data = path.read_bytes()
     try:
         (size,) = struct.unpack("<Q", data[:8])
+        if size > len(data) - 8:
+            raise ValueError(f"header length {size} runs past the end of the {len(data)}-byte file")
         header = json.loads(data[8:8 + size])
+        if not isinstance(header, dict):
+            raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
     except (struct.error, ValueError) as e:
         raise DataError(f"{path}: not a safetensors file ({e})") from e
+    buffer = memoryview(data)[8 + size:]
+    tensors = {name: _safetensors_entry(path, name, info, len(buffer)) for name, info in header.items()
+               if name != "__metadata__"}
+    end = 0
+    for name, (_dtype, _shape, start, stop) in sorted(tensors.items(), key=lambda item: item[1][2:]):
+        if start != end:
+            raise DataError(f"{path}: tensor {name!r} starts at byte {start} of the data, expected {end} "
+                            f"({'overlaps the previous tensor' if start < end else 'a gap before it'})")
+        end = stop
+    if end != len(buffer):
+        raise DataError(f"{path}: the tensors cover {end} of the {len(buffer)} data bytes")
     out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise DataError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        start, stop = info["data_offsets"]
-        array = np.frombuffer(data[8 + size + start:8 + size + stop], _SAFETENSORS_DTYPES[info["dtype"]])
-        array = array.reshape(info["shape"])
+    for name, (dtype, shape, start, stop) in tensors.items():
+        array = np.frombuffer(buffer[start:stop], dtype).reshape(shape)
         out[name] = array.astype(np.float32) if array.dtype == ml_dtypes.bfloat16 else array
     return out
+
+
+def _safetensors_entry(path: pathlib.Path, name: str, info, buffer_size: int) -> tuple:
+    """(dtype, shape, start, stop) of one header entry, checked against the data buffer's size."""
+    try:
+        dtype_name, shape, (start, stop) = info["dtype"], info["shape"], info["data_offsets"]
+        if not all(isinstance(v, int) and v >= 0 for v in (*shape, start, stop)):
+            raise ValueError("shape and offsets must be non-negative integers")
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: tensor {name!r} has a malformed header entry {info!r} ({e})") from None
+    if dtype_name not in _SAFETENSORS_DTYPES:
+        raise DataError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name}")
+    dtype = np.dtype(_SAFETENSORS_DTYPES[dtype_name])
+    if not start <= stop <= buffer_size:
+        raise DataError(f"{path}: tensor {name!r} has data_offsets [{start}, {stop}] outside the "
+                        f"{buffer_size}-byte data buffer (file truncated or header corrupt)")
+    if stop - start != math.prod(shape) * dtype.itemsize:
+        raise DataError(f"{path}: tensor {name!r} has {stop - start} bytes for shape {shape} of {dtype_name}")
+    return dtype, tuple(shape), start, stop
 
 
 # --- ResNet-50 (torchvision) ---------------------------------------------------------------------------------
@@ -120,9 +157,19 @@ def load_bert(directory: str | pathlib.Path, **overrides) -> tuple[bert.Bert, di
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise DataError(f"{config_file}: missing (expected a Hugging Face BERT directory)")
-    cfg = json.loads(config_file.read_text())
+    try:
+        cfg = json.loads(config_file.read_bytes())
+    except ValueError as e:
+        raise DataError(f"{config_file}: not valid JSON ({e})") from e
+    if not isinstance(cfg, dict):
+        raise DataError(f"{config_file}: expected a JSON object, got a {type(cfg).__name__}")
     if cfg.get("hidden_act", "gelu") != "gelu" or cfg.get("position_embedding_type", "absolute") != "absolute":
         raise DataError(f"{config_file}: only BERT with gelu and absolute positions is supported")
+    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                           "intermediate_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+               if k not in cfg]
+    if missing:
+        raise DataError(f"{config_file}: not a BERT config; missing {missing}")
     weights = next((directory / f for f in ("model.safetensors", "pytorch_model.bin")
                     if (directory / f).is_file()), None)
     if weights is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import heapq
+import io
 import pathlib
 import re
 import unicodedata
@@ -76,11 +77,20 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: str | pathlib.Path, lower: bool = True) -> Tokenizer:
-        """Reads a vocab.txt: one token per line, the line number is the id."""
+        """Reads a UTF-8 vocab.txt: one token per line, the line number is the id."""
         path = pathlib.Path(path)
         if not path.is_file():
             raise DataError(f"{path}: no such vocabulary file (expected a BERT vocab.txt, one token per line)")
-        return cls(path.read_text(encoding="utf-8").splitlines(), lower)
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise DataError(f"{path}: line {line} is not UTF-8 text (a vocab.txt is UTF-8)") from None
+        try:  # Lines end at \n, \r\n or \r only (as transformers reads vocab.txt), not at U+2028 and kin.
+            return cls([line.rstrip("\n") for line in io.StringIO(text, newline=None)], lower)
+        except DataError as e:
+            raise DataError(f"{path}: {e}") from None
 
     def save(self, path: str | pathlib.Path) -> None:
         """Writes vocab.txt in BERT's format."""

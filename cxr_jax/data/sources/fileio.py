@@ -5,8 +5,13 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import logging
+import math
+import os
 import pathlib
+import re
+import zlib
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -15,6 +20,10 @@ from PIL import Image
 VALID_FRACTION = 0.2  # Share of a hash split that is `valid`.
 ON_ERROR = ("raise", "skip")
 STRING_KEYS = ("name", "text", "file", "report_findings", "report_impression")  # Stacked as object arrays of str.
+# Larger images are refused from their header, before any pixel is decoded: no radiograph comes near 8192 × 8192,
+# and a small file that claims more is a decompression bomb.
+MAX_PIXELS = 8192 * 8192
+MAX_CSV_BYTES = 2**30  # A (decompressed) CSV larger than this is refused rather than read into memory.
 
 log = logging.getLogger("cxr_jax.data")
 
@@ -36,21 +45,31 @@ def collect(rows: Iterable[tuple[int, dict]], read_row: Callable[[int, dict], di
     """Stacks `read_row(line, row)` over `rows` into arrays; reads `file` into `image` unless `spec.stream`.
 
     A `DataError` stops loading (`spec.on_error == 'raise'`) or leaves that example out and is counted
-    (`'skip'`), so a bad file never becomes a silently wrong example. `where` names the set in the log line.
+    (`'skip'`), so a bad file never becomes a silently wrong example. An image file listed by a second row is
+    such an error too (under 'skip' the first row's example is kept). `where` names the set in the log line and,
+    with the row, in errors that name only a file (an image that does not decode).
     """
     if spec.on_error not in ON_ERROR:
         raise DataError(f"data on_error must be one of {ON_ERROR}; got {spec.on_error!r}")
-    examples, skipped = [], []
+    examples, skipped, seen = [], [], {}
     for line, row in rows:
         try:
             example = read_row(line, row)
+            key = os.path.normpath(example["file"]) if "file" in example else None
+            if key in seen:
+                raise DataError(f"{example['file']}: listed again in row {line} of {where} (first in row {seen[key]})")
             if "file" in example and not spec.stream:
                 example["image"], example["orig_size"] = read_gray(example["file"], image_size)
         except DataError as e:
+            names_row = not line or re.search(rf"\brow {line}\b", str(e))
             if spec.on_error == "raise":
-                raise
-            skipped.append(str(e))
+                if names_row:
+                    raise
+                raise DataError(f"{e} (row {line} of {where})") from e
+            skipped.append(str(e) if names_row else f"{e} (row {line} of {where})")
             continue
+        if key is not None:
+            seen[key] = line
         examples.append(example)
     if skipped and not examples:
         raise DataError(f"{where}: all {len(skipped)} examples are bad (on_error='skip'); first: {skipped[0]}")
@@ -86,9 +105,13 @@ def _stack(examples: list[dict]) -> dict[str, np.ndarray]:
 def read_gray(path: pathlib.Path, image_size: int, *, mask: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
     """An 8-bit grayscale image padded to a square (centred) and resized; returns it and the original (h, w).
 
-    Masks (`mask=True`) are resized with nearest neighbours and returned as 0/1.
+    Masks (`mask=True`) are resized with nearest neighbours and returned as 0/1; a mask stored as 0/1 rather
+    than 0/255 is read as such.
     """
-    return to_square(decode(path), image_size, mask=mask)
+    array = decode(path)
+    if mask and array.max() == 1:
+        array = array * np.uint8(255)
+    return to_square(array, image_size, mask=mask)
 
 
 def to_square(array: np.ndarray, image_size: int, *, mask: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
@@ -167,24 +190,62 @@ def read_images(paths, image_size: int) -> tuple[list[pathlib.Path], np.ndarray,
 
 
 def read_csv(path: pathlib.Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV file (or `.csv.gz`) that must have the `required` columns."""
+    """Rows of a UTF-8 CSV file (or `.csv.gz`; a byte-order mark is allowed) that must have the `required` columns.
+
+    Extra columns are kept. A file that is not UTF-8, not CSV, larger than MAX_CSV_BYTES, has a column name twice,
+    or has a row with fewer cells than its named columns or more non-empty cells than its header is an error naming
+    the line: the table as a whole cannot be trusted, so this holds under `on_error='skip'` too. (Cells of unnamed
+    columns, such as the one a trailing comma in the header makes, may be absent.)
+    """
     if not path.is_file():
         raise DataError(f"{path}: file is missing")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
+    chunks, size = [], 0
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            while chunk := f.read(2**20):  # In chunks: read(MAX_CSV_BYTES) would allocate that much at once.
+                size += len(chunk)
+                if size > MAX_CSV_BYTES:
+                    raise DataError(f"{path}: larger than {MAX_CSV_BYTES} bytes (fileio.MAX_CSV_BYTES)")
+                chunks.append(chunk)
+    except (OSError, EOFError, zlib.error) as e:  # gzip raises these for corrupt or truncated archives.
+        raise DataError(f"{path}: cannot read ({e})") from e
+    raw = b"".join(chunks)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text (byte {raw[e.start]:#04x}); save it as UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        names = reader.fieldnames or []
+        missing = [c for c in required if c not in names]
         if missing:
             raise DataError(f"{path}: missing required column(s) {missing}; has {reader.fieldnames}")
-        return list(reader)
+        twice = sorted({c for c in names if c and names.count(c) > 1})
+        if twice:
+            raise DataError(f"{path}: column(s) {twice} appear more than once in the header")
+        rows = []
+        for row in reader:
+            extra = row.pop(None, [])  # DictReader's key for cells beyond the header, and value for absent ones.
+            absent = [c for c, cell in row.items() if cell is None]
+            if any(absent) or any(cell.strip() for cell in extra):
+                raise DataError(f"{path}: line {reader.line_num} has {len(row) - len(absent) + len(extra)} cells "
+                                f"for the header's {len(names)} columns")
+            rows.append({**row, **dict.fromkeys(absent, "")})
+        return rows
+    except csv.Error as e:
+        raise DataError(f"{path}: line {reader.reader.line_num}: not valid CSV ({e})") from e
 
 
 def parse_number(path: pathlib.Path, line: int, column: str, text: str, kind=float):
-    """A numeric cell, or an error naming the file, row and column."""
+    """A numeric cell, or an error naming the file, row and column; NaN and infinities are errors too."""
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise DataError(f"{path}: row {line}: {column} must be a {kind.__name__}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise DataError(f"{path}: row {line}: {column} must be a finite number, got {text!r}")
+    return value
 
 
 def require_dir(path: str | None, source: str) -> pathlib.Path:
@@ -208,54 +269,123 @@ def header_size(path: pathlib.Path) -> tuple[int, int]:
     path = pathlib.Path(path)
     _require_file(path)
     try:
-        if path.suffix.lower() == ".dcm":
+        if _is_dicom(path):
             import pydicom
 
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            return int(ds.Rows), int(ds.Columns)
-        with Image.open(path) as im:
-            return im.height, im.width
+            size = int(ds.Rows), int(ds.Columns)
+        else:
+            with Image.open(path) as im:
+                size = im.height, im.width
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: too large to be a radiograph ({e})") from e
     except Exception as e:  # PIL and pydicom raise several types for unreadable headers.
         raise DataError(f"{path}: cannot read the image header ({e})") from e
+    _check_pixels(path, *size)
+    return size
 
 
 def _require_file(path: pathlib.Path) -> None:
     if not path.is_file():
-        raise DataError(f"{path}: image file is missing")
+        raise DataError(f"{path}: image file is missing" if not path.exists() else
+                        f"{path}: not a regular file (a directory, pipe or device)")
+
+
+def _check_pixels(path: pathlib.Path, height: int, width: int, frames: int = 1) -> None:
+    """An image's header must promise some pixels and at most MAX_PIXELS of them (decompression bombs)."""
+    if min(height, width, frames) < 1:
+        raise DataError(f"{path}: the header gives no pixels ({height} × {width}, {frames} frame(s))")
+    if height * width * frames > MAX_PIXELS:
+        raise DataError(f"{path}: {height} × {width} × {frames} frame(s) is over the {MAX_PIXELS}-pixel limit "
+                        "(fileio.MAX_PIXELS); a decompression bomb, or not a radiograph")
+
+
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # PNG, JPEG.
+
+
+def _is_dicom(path: pathlib.Path) -> bool:
+    """DICOM by content ('DICM' after the 128-byte preamble), or a `.dcm` name on a file that is not PNG/JPEG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+    if head[128:132] == b"DICM":
+        return True
+    return path.suffix.lower() == ".dcm" and not head.startswith(_IMAGE_SIGNATURES)
 
 
 def decode(path: pathlib.Path) -> np.ndarray:
-    """An image file (PNG, JPEG, DICOM) as 8-bit grayscale [H, W] at its own size."""
+    """An image file (PNG, JPEG, DICOM, recognised by content) as 8-bit grayscale [H, W] at its own size.
+
+    Colour images (RGB, CMYK, palette; alpha dropped) become their luminance; 16-bit, 32-bit and float images
+    are shown by their own min–max, as deep DICOMs without a window are. Headers over MAX_PIXELS are refused
+    before decoding.
+    """
     path = pathlib.Path(path)
     _require_file(path)
-    if path.suffix.lower() == ".dcm":
+    if _is_dicom(path):
         return _decode_dicom(path)
     try:
         with Image.open(path) as im:
-            im.load()
-            if im.mode != "L":
-                raise DataError(f"{path}: expected an 8-bit grayscale image (mode L), got mode {im.mode}")
-            return np.asarray(im)
+            _check_pixels(path, im.height, im.width)
+            return _gray8(path, im)
     except DataError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: too large to be a radiograph ({e})") from e
     except Exception as e:  # PIL raises several types for corrupt or truncated files.
         raise DataError(f"{path}: cannot decode image ({e})") from e
+
+
+def _gray8(path: pathlib.Path, im: Image.Image) -> np.ndarray:
+    """The uint8 [H, W] of an opened PIL image in any mode (see `decode`)."""
+    if im.mode == "L":
+        return np.asarray(im)
+    if im.mode.startswith(("I", "F")):  # I;16 (16-bit PNG), I (32-bit), F (float).
+        return _min_max(path, np.asarray(im))
+    return np.asarray(im.convert("L"))
+
+
+def _min_max(path: pathlib.Path, values: np.ndarray) -> np.ndarray:
+    """A deep image scaled to [0, 255] by its own range (a flat one is all 0)."""
+    values = values.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise DataError(f"{path}: the image has NaN or infinite pixels")
+    low, high = values.min(), values.max()
+    return np.round((values - low) / max(high - low, 1e-12) * 255).astype(np.uint8)
 
 
 def _decode_dicom(path: pathlib.Path) -> np.ndarray:
     """8-bit display pixels of a grayscale DICOM: modality LUT, then VOI LUT or window, MONOCHROME1 inverted.
 
     With a VOI transform the window's output range maps to [0, 255] (what a viewer shows); without one an
-    8-bit image is shown as stored and a deeper one by its own min–max.
+    8-bit image is shown as stored and a deeper one by its own min–max. The header's size is checked against
+    MAX_PIXELS before the pixels are decoded.
     """
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(path)
-        stored = ds.pixel_array
-    except Exception as e:  # pydicom raises several types for corrupt files and missing pixel handlers.
+        size = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception as e:  # pydicom raises several types for corrupt files.
         raise DataError(f"{path}: cannot decode DICOM ({e})") from e
+    _check_pixels(path, *size)
+    try:
+        return _dicom_display(path, ds)
+    except DataError:
+        raise
+    except Exception as e:  # Missing pixel handlers, pixel data shorter than the header says, bad windows.
+        raise DataError(f"{path}: cannot decode DICOM ({e})") from e
+
+
+def _dicom_display(path: pathlib.Path, ds) -> np.ndarray:
+    """The uint8 display pixels of a read dataset (see `_decode_dicom`)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    stored = ds.pixel_array
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or stored.ndim != 2:
         raise DataError(f"{path}: expected a single-frame grayscale DICOM (MONOCHROME1/2), got "

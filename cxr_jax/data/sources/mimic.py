@@ -14,6 +14,7 @@ from __future__ import annotations
 import pathlib
 import re
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -94,12 +95,19 @@ def _csv(root: pathlib.Path, name: str) -> pathlib.Path:
 
 
 class _Reports:
-    """Report text by relative path, from the file tree or `mimic-cxr-reports.zip`; '' when neither has it."""
+    """Report text by relative path, from the file tree or `mimic-cxr-reports.zip`; '' when neither has it.
+
+    Bytes that are not UTF-8 become U+FFFD (which the tokenizer drops); the rest of the report is kept.
+    """
 
     def __init__(self, root: pathlib.Path):
         self.root = root
         archive = root / "mimic-cxr-reports.zip"
-        self.zip = zipfile.ZipFile(archive) if archive.is_file() else None
+        try:
+            self.zip = zipfile.ZipFile(archive) if archive.is_file() else None
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise DataError(f"{archive}: not a readable zip archive ({e})") from e
+        self.archive = archive
         self.names = set(self.zip.namelist()) if self.zip else set()
 
     def read(self, rel: pathlib.Path) -> str:
@@ -108,5 +116,8 @@ class _Reports:
             return path.read_text(errors="replace")
         for name in (rel.as_posix(), f"mimic-cxr-reports/{rel.as_posix()}"):
             if name in self.names:
-                return self.zip.read(name).decode(errors="replace")
+                try:
+                    return self.zip.read(name).decode(errors="replace")
+                except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+                    raise DataError(f"{self.archive}:{name}: cannot read ({e})") from e
         return ""

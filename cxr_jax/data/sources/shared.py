@@ -10,16 +10,20 @@ import pathlib
 import re
 import tarfile
 import xml.etree.ElementTree as ET
+import zlib
 
 import numpy as np
 
 from cxr_jax.data.sources import public
 from cxr_jax.data.sources.fileio import (
+    ON_ERROR,
     DataError,
+    Examples,
     collect,
     first,
     header_size,
     in_split,
+    log,
     parse_number,
     read_csv,
     read_gray,
@@ -29,6 +33,7 @@ from cxr_jax.data.sources.fileio import (
 )
 
 JSRT_STRUCTURES = ("right_lung", "left_lung", "heart")  # Landmark order: same index = same point.
+MAX_REPORT_BYTES = 2**24  # One IU report XML is a few kB; a member this large is refused unread.
 
 
 def load_nih1000(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
@@ -79,6 +84,8 @@ def load_jsrt(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
         masks = {s: read_gray(root / "masks" / s / f"{name}.png", image_size, mask=True)[0]
                  for s in ("left_lung", "right_lung", "heart", "left_clavicle", "right_clavicle")}
         nodule = parse_number(meta, line, "nodule", r["nodule"], int)
+        if nodule not in (0, 1):
+            raise DataError(f"{meta}: row {line}: nodule must be 0 or 1, got {r['nodule']!r}")
         box = np.full(4, np.nan, np.float32)
         if nodule:
             x, y, d = (parse_number(meta, line, c, r[c]) for c in ("nodule_x", "nodule_y", "nodule_diameter_px"))
@@ -150,25 +157,50 @@ def load_covid(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def load_iu_reports(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
-    """Indiana University reports (text only): `text` = FINDINGS + IMPRESSION; `report_*` each on its own."""
+    """Indiana University reports (text only): `text` = FINDINGS + IMPRESSION; `report_*` each on its own.
+
+    Reports with neither section are left out; an XML report that does not parse (or is over MAX_REPORT_BYTES)
+    is an error, or under `on_error='skip'` left out and counted like a bad image.
+    """
     del image_size, seed
     root = require_dir(spec.path, "iu_reports")
     archive = root / "NLMCXR_reports.tgz"
     if not archive.is_file():
         raise DataError(f"{archive}: file is missing (the iu_reports layout is one NLMCXR_reports.tgz)")
-    reports = []
-    with tarfile.open(archive) as tar:
-        members = sorted((m for m in tar.getmembers() if m.name.endswith(".xml")), key=lambda m: m.name)
-        for m in members:
-            try:
-                findings, impression = _report_sections(tar.extractfile(m).read())
-            except ET.ParseError as e:
-                raise DataError(f"{archive}:{m.name}: not valid XML ({e})") from e
-            if findings or impression:
-                reports.append({"name": m.name, "report_findings": findings, "report_impression": impression,
-                                "text": report_text(findings, impression)})
+    if spec.on_error not in ON_ERROR:
+        raise DataError(f"data on_error must be one of {ON_ERROR}; got {spec.on_error!r}")
+    reports, skipped = [], []
+    try:
+        with tarfile.open(archive) as tar:
+            members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".xml")),
+                             key=lambda m: m.name)
+            for m in members:
+                try:
+                    if m.size > MAX_REPORT_BYTES:
+                        raise DataError(f"{archive}:{m.name}: {m.size} bytes, over MAX_REPORT_BYTES for one report")
+                    try:
+                        findings, impression = _report_sections(tar.extractfile(m).read())
+                    except ET.ParseError as e:
+                        raise DataError(f"{archive}:{m.name}: not valid XML ({e})") from e
+                except DataError as e:
+                    if spec.on_error == "raise":
+                        raise
+                    skipped.append(str(e))
+                    continue
+                if findings or impression:
+                    reports.append({"name": m.name, "report_findings": findings, "report_impression": impression,
+                                    "text": report_text(findings, impression)})
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # Corrupt or truncated archives.
+        raise DataError(f"{archive}: not a readable .tgz archive ({e})") from e
+    if not reports:
+        raise DataError(f"{archive}: no report with a FINDINGS or IMPRESSION section"
+                        + (f" ({len(skipped)} unreadable; first: {skipped[0]})" if skipped else ""))
+    if skipped:
+        log.warning("iu_reports: skipped %d of %d reports (on_error='skip'); first: %s", len(skipped),
+                    len(skipped) + len(reports), skipped[0])
     keep = _split([{"name": r["name"]} for r in reports], spec, key=lambda r: r["name"], path=archive)
-    return {k: np.asarray([reports[line - 2][k] for line, _ in keep], object) for k in reports[0]} if reports else {}
+    return Examples({k: np.asarray([reports[line - 2][k] for line, _ in keep], object) for k in reports[0]},
+                    skipped)
 
 
 def _report_sections(xml: bytes) -> tuple[str, str]:
