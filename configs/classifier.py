@@ -49,6 +49,7 @@ def _base() -> ml_collections.ConfigDict:
 
     c.data.train.num_examples = 1024
     c.data.eval.num_examples = 256
+    c.eval.best_metric, c.eval.best_mode = "auc", "max"
     return c
 
 

@@ -29,6 +29,15 @@ def base(method: str) -> ml_collections.ConfigDict:
     c.data.eval = data_spec("phantom", "valid")
     c.data.prefetch = 2
 
+    # Evaluation inside the training process (`train/evaluation.py`): every `eval.every` steps the state is scored on
+    # data.eval (W/eval/history.jsonl, TensorBoard eval/*), sample images are drawn (W/samples/STEP.png), and a
+    # checkpoint is saved with the metrics; the step with the best `eval.best_metric` (one of the evaluator's
+    # names; '' for none) is kept beside the latest train.keep_checkpoints. Each method's config names its metric.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 0  # Steps between evaluations; 0: off.
+    c.eval.best_metric = ""
+    c.eval.best_mode = "max"  # max | min: whether a larger best_metric is better.
+
     # Evaluators' 95 % AUC intervals (classifier `auc`, DGM `image_auc`): patients resampled with replacement
     # (images, where a source has no patient ids).
     c.bootstrap = ml_collections.ConfigDict(dict(num_resamples=2000, seed=0))

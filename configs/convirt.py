@@ -82,6 +82,7 @@ def _base() -> ml_collections.ConfigDict:
     # Category retrieval in the CheXpert 8×200 format (cxr_jax/data/retrieval_sets.py); `cxr-jax data
     # retrieval-set` writes one from a labelled source. Paths relative to `root` (default: the CSV's folder).
     c.retrieval = ml_collections.ConfigDict(dict(candidates=None, image_queries=None, text_queries=None, root=None))
+    c.eval.best_metric, c.eval.best_mode = "t2i_recall_at_10", "max"  # Report → image recall@10 on data.eval.
     return c
 
 

@@ -28,7 +28,7 @@ def _base() -> ml_collections.ConfigDict:
     """The keys and defaults every variant starts from."""
     c = common.base("dgm")
     c.batch_size = 8
-    c.train.cpu_ynn_fusions = False  # XLA's own CPU convolutions: the 128 px paper step 42 s, not 128 (YNNPACK).
+    c.train.cpu_ynn_fusions = False  # XLA's own CPU convolutions: faster than YNNPACK here (README, benchmarks).
     c.model = ml_collections.ConfigDict()
     c.model.generator = ml_collections.ConfigDict(dict(
         dim=64,  # Channels after the first conv; doubled by each down-sampling.
@@ -36,7 +36,7 @@ def _base() -> ml_collections.ConfigDict:
         n_res=4,  # Residual blocks in each encoder and decoder.
         mlp_dim=256,  # Width of D_J's MLP from pooled c_s to the AdaIN parameters.
         residue_res_norm="none",  # D_F's residual blocks: none (like E_F, keeps the residue's scale) | in.
-        remat=False,  # Recompute each block in the backward pass (paper, 256², batch 8: 16.1 → 9.9 GB, +25 % FLOPs).
+        remat=False,  # Recompute each block in the backward pass: less memory for ~25 % more FLOPs (README).
     ))
     c.model.discriminator = ml_collections.ConfigDict(dict(dim=64, n_layers=4, num_scales=3))
     # The anomaly baseline trained beside DGM on the same batches' normals (its metrics are `ae_…`).
@@ -56,7 +56,7 @@ def _base() -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict()
     c.augment.max_shift = 2  # Pixels of random translation (no flips: they move the heart).
 
-    c.saliency = ml_collections.ConfigDict()  # Residue → salient regions (cxr_jax/saliency.py).
+    c.saliency = ml_collections.ConfigDict()  # Residue → salient regions (cxr_jax/methods/dgm/saliency.py).
     c.saliency.threshold = "otsu"  # otsu | percentile, computed over the pixels inside the lung boxes.
     c.saliency.percentile = 95.0  # For threshold=percentile.
     c.saliency.polarity = "abs"  # abs | positive (added intensity, e.g. opacities) | negative.
@@ -67,6 +67,7 @@ def _base() -> ml_collections.ConfigDict:
     c.data.normal_fraction = 0.5  # Normal images in every training batch (the discriminator's reals).
     c.data.train.num_examples = 1024
     c.data.eval.num_examples = 256
+    c.eval.best_metric, c.eval.best_mode = "image_auc", "max"  # The residue's normal vs abnormal AUC.
     return c
 
 

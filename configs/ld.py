@@ -35,7 +35,7 @@ def _base() -> ml_collections.ConfigDict:
     """The keys and defaults every variant starts from."""
     c = common.base("ld")
     c.batch_size = 8
-    # XLA's own CPU convolutions, not YNNPACK: the paper step took 13.8 s instead of 20.7 and 7.9 GB, not 9.3.
+    # XLA's own CPU convolutions, not YNNPACK: faster and smaller for the paper step (README, benchmarks).
     c.train.cpu_ynn_fusions = False
     c.model = ml_collections.ConfigDict()
     c.model.embed_dim = 32  # D: the embedding head's channels (unit length per pixel).
@@ -55,7 +55,7 @@ def _base() -> ml_collections.ConfigDict:
     c.optim.learning_rate = 1e-3
     c.optim.halve_every = 10_000  # Steps (the official 10 epochs of 1000 iterations).
 
-    c.landmarks = ml_collections.ConfigDict()  # One-shot localisation (`cxr_jax.landmarks`), in model pixels.
+    c.landmarks = ml_collections.ConfigDict()  # One-shot localisation (`methods/ld/landmarks.py`), in model pixels.
     c.landmarks.sigma = 4.0  # Centre-sensitive averaging: the Gaussian's σ.
     c.landmarks.refine = 2  # Refine the best pixel to a centroid over a (2r + 1)² window; 0: plain argmax.
     c.landmarks.refine_temperature = 0.05  # Of the softmax over the window's cosine scores.
@@ -82,6 +82,7 @@ def _base() -> ml_collections.ConfigDict:
     c.data.template.num_examples = 1
     c.data.shape_masks = common.data_spec("phantom", "valid")  # The shape prior's handful of unpaired masks.
     c.data.shape_masks.num_examples = 5
+    c.eval.best_metric, c.eval.best_mode = "landmark_mre_px", "min"  # One-shot landmarks' mean radial error.
     return c
 
 
@@ -138,7 +139,7 @@ def _shape(c: ml_collections.ConfigDict) -> None:
 def _paper(c: ml_collections.ConfigDict) -> None:
     c.image_size = 448
     c.landmarks.update(sigma=14.0, ncc_patch=53)  # The 128 px values, scaled.
-    c.model.remat = True  # Measured at batch 8: XLA step memory 6.8 GB (11.7 GB without).
+    c.model.remat = True  # Less step memory at 448 px for ~25 % more FLOPs (README has the measured plan).
     c.train.num_steps = 100_000
     c.train.log_every = 100
     c.train.checkpoint_every = 1000

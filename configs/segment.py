@@ -55,6 +55,7 @@ def _base() -> ml_collections.ConfigDict:
     c.train.num_steps = 1000
     c.train.log_every = 50
     c.train.checkpoint_every = 250
+    c.eval.best_metric, c.eval.best_mode = "dice_mean", "max"  # Mean Dice over model.structures.
     return c
 
 

@@ -41,6 +41,9 @@ COMMON_KEYS: dict[str, tuple[type, ...]] = {
     "data.eval.on_error": (str,),
     "data.train.stream": (bool,),
     "data.eval.stream": (bool,),
+    "eval.every": (int,),
+    "eval.best_metric": (str,),
+    "eval.best_mode": (str,),
 }
 
 
@@ -163,6 +166,11 @@ def validate(config: ml_collections.ConfigDict, source: str = "config") -> None:
     for key in ("batch_size", "image_size", "train.num_steps", "train.log_every", "train.checkpoint_every"):
         if get(config, key) <= 0:
             raise ConfigError(f"{source}: {key} must be positive, got {get(config, key)}")
+    if config.eval.every < 0:
+        raise ConfigError(f"{source}: eval.every must be >= 0 (0: no evaluation during training), got "
+                          f"{config.eval.every}")
+    if config.eval.best_mode not in ("max", "min"):
+        raise ConfigError(f"{source}: eval.best_mode must be max or min, got {config.eval.best_mode!r}")
 
 
 def get(config: ml_collections.ConfigDict, key: str):

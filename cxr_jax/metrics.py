@@ -1,4 +1,9 @@
-"""Training metrics: `W/metrics.jsonl`, TensorBoard events, and a progress bar or plain lines."""
+"""Training metrics: `W/metrics.jsonl`, TensorBoard events, and a progress bar or plain lines.
+
+Evaluations during training add `W/eval/history.jsonl` (one line per evaluated step), TensorBoard scalars under
+`eval/` and sample images (TensorBoard `samples`, `W/samples/STEP.png`). On resume each file is cut back to the
+resumed step, so a resumed run's records equal an uninterrupted run's.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,10 @@ import json
 import math
 import pathlib
 import sys
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import tqdm
 
 
@@ -17,11 +24,17 @@ class MetricWriter:
     def __init__(self, workdir: str | pathlib.Path, *, start_step: int, num_steps: int, enabled: bool = True):
         self.enabled = enabled
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.eval_path = pathlib.Path(workdir) / "eval" / "history.jsonl"
+        self.samples_dir = pathlib.Path(workdir) / "samples"
         self._tb = None
         self._bar = None
         if not enabled:
             return
         truncate_jsonl(self.path, start_step)
+        truncate_jsonl(self.eval_path, start_step)
+        for png in self.samples_dir.glob("*.png"):  # Drawn after the resumed step: that step runs again.
+            if png.stem.isdigit() and int(png.stem) > start_step:
+                png.unlink()
         from tensorboardX import SummaryWriter
 
         self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=start_step + 1)
@@ -45,12 +58,59 @@ class MetricWriter:
         else:
             print(f"step {step}: {line}", flush=True)
 
+    def write_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """Appends an evaluation's metrics to `eval/history.jsonl` (non-finite as null) and TensorBoard `eval/`."""
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: float(v) if math.isfinite(v) else None for k, v in metrics.items()}}
+        self.eval_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.eval_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in metrics.items():
+            self._tb.add_scalar(f"eval/{key}", float(value), step)
+        self._tb.flush()
+        self._print(f"eval step {step}: " + " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+
+    def write_samples(self, step: int, image: np.ndarray) -> None:
+        """A method's sample grid (uint8 [H, W, 3]) as TensorBoard image `samples` and `samples/STEP.png`."""
+        if not self.enabled:
+            return
+        from PIL import Image
+
+        self.samples_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(self.samples_dir / f"{step}.png")
+        self._tb.add_image("samples", image, step, dataformats="HWC")
+        self._tb.flush()
+
+    def _print(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+
     def close(self) -> None:
         """Flushes and closes the TensorBoard writer and the progress bar."""
         if self._tb is not None:
             self._tb.close()
         if self._bar is not None:
             self._bar.close()
+
+
+def image_grid(rows: Sequence[Sequence[np.ndarray]], *, gap: int = 2, min_side: int = 64) -> np.ndarray:
+    """Panels (uint8 [H, W, 3] or gray [H, W], all one size) tiled row by row on white: one sample image.
+
+    Panels smaller than `min_side` are enlarged by whole pixels (nearest), so a 32 px smoke run is readable.
+    """
+    panels = [[np.repeat(p[..., None], 3, -1) if p.ndim == 2 else p for p in row] for row in rows]
+    h, w = panels[0][0].shape[:2]
+    k = max(1, -(-min_side // max(h, w)))
+    cols = max(len(row) for row in panels)
+    grid = np.full((len(panels) * (k * h + gap) - gap, cols * (k * w + gap) - gap, 3), 255, np.uint8)
+    for i, row in enumerate(panels):
+        for j, panel in enumerate(row):
+            big = np.repeat(np.repeat(np.asarray(panel, np.uint8), k, 0), k, 1)
+            grid[i * (k * h + gap):i * (k * h + gap) + k * h, j * (k * w + gap):j * (k * w + gap) + k * w] = big
+    return grid
 
 
 def truncate_jsonl(path: pathlib.Path, last_step: int) -> None:

@@ -50,8 +50,13 @@ def restore_method(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
 
 def restore_state(workdir: str | pathlib.Path, method: Method, batch: dict, mesh, *,
                   which: str | int = "latest") -> tuple[object, int]:
-    """A checkpoint's state of a run (structure from `method.init` on `batch`) and its step."""
-    ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", read_only=True)
+    """A checkpoint's state of a run (structure from `method.init` on `batch`) and its step.
+
+    `which` is 'latest', 'best' (the evaluated checkpoint with the best `eval.best_metric` of the method's
+    config, by default the one the run was trained with) or a step number.
+    """
+    ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", read_only=True,
+                                   best_metric=method.config.eval.best_metric, best_mode=method.config.eval.best_mode)
     try:
         step = ckpt.resolve(which)
         batch = parallel.from_full(batch, mesh)

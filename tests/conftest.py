@@ -60,6 +60,19 @@ def final_state(spec: str, workdir: pathlib.Path, overrides=()):
     return jax.device_get(state), step
 
 
+def event_tags(logdir) -> dict[tuple[str, str], list[int]]:
+    """(kind 'scalar' | 'image', tag) → the steps it was written at, from the TensorBoard event files in `logdir`."""
+    import tensorflow as tf
+
+    tags = {}
+    for path in sorted(pathlib.Path(logdir).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                kind = "image" if value.HasField("image") else "scalar"
+                tags.setdefault((kind, value.tag), []).append(event.step)
+    return tags
+
+
 def assert_trees_equal(a, b, rtol: float = 0.0, atol: float = 0.0) -> None:
     """Leaf-wise comparison; exact unless tolerances are given."""
     import jax
@@ -112,12 +125,16 @@ def image_folder(root, num: int = 6, bad=()) -> None:
 
 @pytest.fixture(scope="session")
 def dgm_run(tmp_path_factory):
-    """A 2-step smoke DGM run (trained in-process), shared by the tests of decompose and evaluate."""
+    """A 4-step smoke DGM run (trained in-process), shared by the tests of decompose and evaluate.
+
+    It evaluates at steps 2 and 4 (`eval.every`) and keeps one latest checkpoint besides the best.
+    """
     from cxr_jax import config as config_lib
     from cxr_jax.train import loop
 
     workdir = tmp_path_factory.mktemp("dgm_run")
-    config = config_lib.load(f"{ROOT / 'configs' / 'dgm.py'}:smoke", ["train.num_steps=2", "train.checkpoint_every=2"])
+    config = config_lib.load(f"{ROOT / 'configs' / 'dgm.py'}:smoke", [
+        "train.num_steps=4", "train.checkpoint_every=4", "train.keep_checkpoints=1", "eval.every=2"])
     loop.train(config, workdir)
     return workdir
 

@@ -48,6 +48,8 @@ def test_overrides_convert_to_the_key_type():
     ("train=3", "is a group"),
     ("batch_size", "not of the form key=value"),
     ("batch_size=0", "must be positive"),
+    ("eval.every=-1", "eval.every must be >= 0"),
+    ("eval.best_mode=largest", "eval.best_mode must be max or min"),
 ])
 def test_bad_overrides_fail_clearly(override, message):
     with pytest.raises(config_lib.ConfigError, match=message):
@@ -92,8 +94,10 @@ def test_json_round_trip():
 
 def test_a_run_saved_before_a_key_existed_loads_with_its_default(tmp_path):
     saved = json.loads(config_lib.to_json(config_lib.load(f"{ROOT / 'configs' / 'ld.py'}:smoke", ["batch_size=6"])))
-    del saved["shape"], saved["data"]["shape_masks"]  # As written by a run trained before the shape prior.
+    del saved["shape"], saved["data"]["shape_masks"]  # As written by a run trained before the shape prior,
+    del saved["eval"]  # and before evaluation during training.
     (tmp_path / "config.json").write_text(json.dumps(saved))
     config = config_lib.load_run(tmp_path)
     assert config.shape.weight == 0.0 and config.data.shape_masks.num_examples == 5  # configs/ld.py defaults.
+    assert (config.eval.best_metric, config.eval.best_mode) == ("landmark_mre_px", "min")
     assert config.batch_size == 6 and config.model.layers == saved["model"]["layers"]  # Saved values win.

@@ -16,22 +16,22 @@ import json
 import pathlib
 from collections.abc import Sequence
 
-import matplotlib
 import ml_collections
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from cxr_jax import parallel, runs
 from cxr_jax.data.sources import fileio
-from cxr_jax.methods.dgm import decompose, saliency
+from cxr_jax.methods.dgm import decompose, pictures, saliency
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, images: Sequence[str | pathlib.Path],
-        out: str | pathlib.Path, lung_masks: str | pathlib.Path | None = None) -> list[dict]:
-    """Decomposes every image under `images`; returns the per-image records also written as NAME.json."""
+        out: str | pathlib.Path, lung_masks: str | pathlib.Path | None = None,
+        which: str | int = "latest") -> list[dict]:
+    """Decomposes every image under `images` with checkpoint `which`; returns the records written as NAME.json."""
     mesh = parallel.make_mesh()
     _, method, state, step = runs.restore_run(workdir, "dgm", needed="a DGM run (configs/dgm.py)", mesh=mesh,
-                                              config=config)
+                                              config=config, which=which)
     size = config.image_size
     files, pixels, orig_sizes = fileio.read_images(images, size)
     masks = decompose.lung_masks_for(config, files, pixels, lung_masks)  # Fails before anything is written.
@@ -41,9 +41,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, image
     records = []
     for i, (file, orig_size, mask) in enumerate(zip(files, orig_sizes, masks)):
         boxes = saliency.lung_boxes(mask) if mask is not None else []
-        found = saliency.saliency(outputs["residue"][i], boxes, method=config.saliency.threshold,
-                                  percentile=config.saliency.percentile, polarity=config.saliency.polarity,
-                                  min_area=config.saliency.min_area)
+        found = pictures.find(config, outputs["residue"][i], boxes)
         record = _record(file, orig_size, size, boxes, found, workdir, step)
         write_outputs(out / file.stem, pixels[i, ..., 0], outputs["normal"][i], outputs["residue"][i], found, boxes)
         (out / f"{file.stem}.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -67,29 +65,7 @@ def _record(file, orig_size, size: int, boxes, found: dict, workdir, step: int) 
 def write_outputs(stem: pathlib.Path, image: np.ndarray, normal: np.ndarray, residue: np.ndarray, found: dict,
                   boxes) -> None:
     """The four PNGs of one image (uint8 `image` [H, W]; `normal`, `residue` [H, W, 1] in [-1, 1])."""
-    _gray(normal).save(f"{stem}_normal.png")
-    signed = matplotlib.colormaps["seismic"]((np.clip(residue[..., 0], -1, 1) + 1) / 2)[..., :3]
-    Image.fromarray((signed * 255).astype(np.uint8)).save(f"{stem}_residue.png")
-    scores = found["scores"] / max(found["scores"].max(), 1e-12)
-    heat = matplotlib.colormaps["jet"](scores)[..., :3] * 255
-    base = np.repeat(image[..., None].astype(np.float64), 3, axis=-1)
-    Image.fromarray((0.55 * base + 0.45 * heat).astype(np.uint8)).save(f"{stem}_heatmap.png")
-    overlay = base.copy()
-    overlay[found["binary"]] = 0.4 * overlay[found["binary"]] + 0.6 * np.array([255, 0, 0])
-    picture = Image.fromarray(overlay.astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    for box in boxes:
-        draw.rectangle(_pil_box(box), outline=(0, 200, 0))
-    for component in found["components"]:
-        draw.rectangle(_pil_box(component.box), outline=(255, 220, 0))
-    picture.save(f"{stem}_saliency.png")
-
-
-def _gray(x: np.ndarray) -> Image.Image:
-    return Image.fromarray(((np.clip(x[..., 0], -1, 1) + 1) * 127.5).round().astype(np.uint8))
-
-
-def _pil_box(box) -> tuple[float, float, float, float]:
-    """Edge coordinates (x1, y1 exclusive) to PIL's inclusive corner pixels."""
-    x0, y0, x1, y1 = box
-    return x0, y0, x1 - 1, y1 - 1
+    Image.fromarray(pictures.gray(normal)).save(f"{stem}_normal.png")
+    Image.fromarray(pictures.residue_rgb(residue)).save(f"{stem}_residue.png")
+    Image.fromarray(pictures.heatmap(image, found)).save(f"{stem}_heatmap.png")
+    Image.fromarray(pictures.saliency_overlay(image, found, boxes)).save(f"{stem}_saliency.png")

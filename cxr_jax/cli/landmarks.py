@@ -24,12 +24,12 @@ def write_points(path: pathlib.Path, names: Sequence[tuple[str, int]], xy: np.nd
 
 def run(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path, *, template: str | pathlib.Path,
         template_landmarks: str | pathlib.Path, images: Sequence[str | pathlib.Path],
-        out: str | pathlib.Path) -> list[dict]:
+        out: str | pathlib.Path, which: str | int = "latest") -> list[dict]:
     """Writes NAME.csv (the template's rows, located in NAME, in NAME's pixels) and NAME_landmarks.png.
 
-    `config` defaults to the run's own (`WORKDIR/config.json`).
+    `config` defaults to the run's own (`WORKDIR/config.json`); `which` picks the checkpoint.
     """
-    localiser = Localiser(workdir, config)
+    localiser = Localiser(workdir, config, which=which)
     size = localiser.config.image_size
     names, points = read_points(template_landmarks)
     _, template_image, (template_size,) = fileio.read_images([template], size)

@@ -82,6 +82,7 @@ def _add_run(parser: argparse.ArgumentParser, what: str) -> None:
     """--workdir of a trained run and an optional --config; without it `main` loads the run's own config."""
     parser.add_argument("--workdir", required=True, help=f"a trained {what} run")
     parser.add_argument("--config", help="config file and variant (default: the run's WORKDIR/config.json)")
+    _add_checkpoint(parser)
     parser.set_defaults(config_from_run=True)
 
 
@@ -96,7 +97,8 @@ def _add_retrieve(parser: argparse.ArgumentParser) -> None:
 def _retrieve(args, config) -> int:
     from cxr_jax.cli import retrieve
 
-    result = retrieve.run(config, args.workdir, query=args.query, images=args.images, top_k=args.top_k, out=args.out)
+    result = retrieve.run(config, args.workdir, query=args.query, images=args.images, top_k=args.top_k, out=args.out,
+                          which=args.checkpoint)
     for match in result["matches"]:
         print(f"{match['rank']:3d}  {match['score']:+.4f}  {match['file']}")
     print(f"wrote {args.out}/matches.json and matches.png")
@@ -114,7 +116,8 @@ def _add_decompose(parser: argparse.ArgumentParser) -> None:
 def _decompose(args, config) -> int:
     from cxr_jax.cli import decompose
 
-    records = decompose.run(config, args.workdir, images=args.images, out=args.out, lung_masks=args.lung_masks)
+    records = decompose.run(config, args.workdir, images=args.images, out=args.out, lung_masks=args.lung_masks,
+                            which=args.checkpoint)
     for record in records:
         best = max((c["score"] for c in record["components"]), default=0.0)
         print(f"{len(record['components']):3d} regions  max score {best:.3f}  {record['image']}")
@@ -126,12 +129,13 @@ def _add_segment(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="a trained segment run (configs/segment.py)")
     parser.add_argument("images", nargs="+", help="image files or directories (searched recursively)")
     parser.add_argument("--out", required=True, help="directory for the masks and overlays")
+    _add_checkpoint(parser)
 
 
 def _segment(args, config) -> int:
     from cxr_jax.cli import segment
 
-    records = segment.run(args.workdir, images=args.images, out=args.out)
+    records = segment.run(args.workdir, images=args.images, out=args.out, which=args.checkpoint)
     for record in records:
         areas = "  ".join(f"{k.removeprefix('area_')} {v:.3f}" for k, v in record.items() if k.startswith("area_"))
         print(f"{areas}  {record['image']}")
@@ -223,7 +227,7 @@ def _landmarks(args, config) -> int:
     from cxr_jax.cli import landmarks
 
     records = landmarks.run(config, args.workdir, template=args.template, template_landmarks=args.template_landmarks,
-                            images=args.images, out=args.out)
+                            images=args.images, out=args.out, which=args.checkpoint)
     print(f"wrote {args.out}: NAME.csv (structure,index,x,y in NAME's pixels) and NAME_landmarks.png for "
           f"{len(records)} images")
     return 0
@@ -253,8 +257,8 @@ def _compare(args, config) -> int:
 # (commands on a trained run, `_add_run`, the run's own config when --config is absent).
 COMMANDS = {
     "train": ("train a method; resumes from the latest checkpoint in --workdir", _add_config, _train),
-    "evaluate": ("evaluate a checkpoint (default: the latest); writes WORKDIR/eval/metrics.json", _add_evaluate,
-                 _evaluate),
+    "evaluate": ("evaluate a checkpoint (--checkpoint latest, best or a step); writes WORKDIR/eval/metrics.json",
+                 _add_evaluate, _evaluate),
     "bench": ("time a method's compiled train step", _add_bench, _bench),
     "compare": ("AUC difference of two sets of evaluated classifier runs, with a patient-bootstrap interval",
                 _add_compare, _compare),

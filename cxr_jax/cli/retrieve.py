@@ -23,11 +23,12 @@ from cxr_jax.methods.convirt import retrieve  # noqa: E402
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, query: str,
-        images: Sequence[str | pathlib.Path], top_k: int, out: str | pathlib.Path) -> dict:
-    """Ranks `images` against `query`; writes and returns the top `top_k` matches."""
+        images: Sequence[str | pathlib.Path], top_k: int, out: str | pathlib.Path,
+        which: str | int = "latest") -> dict:
+    """Ranks `images` against `query` with checkpoint `which`; writes and returns the top `top_k` matches."""
     mesh = parallel.make_mesh()
     _, method, state, step = runs.restore_run(workdir, "convirt", needed="a ConVIRT run (configs/convirt.py)",
-                                              mesh=mesh, config=config)
+                                              mesh=mesh, config=config, which=which)
     files, pixels, _ = fileio.read_images(images, config.image_size)
     scores = retrieve.scores(method, state, mesh, pixels, query)
     order = np.argsort(-scores, kind="stable")[:top_k]

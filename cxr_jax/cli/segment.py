@@ -16,9 +16,10 @@ from cxr_jax.data.sources import fileio
 from cxr_jax.methods.segment.segmenter import Segmenter, overlay, to_original
 
 
-def run(workdir: str | pathlib.Path, *, images: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> list[dict]:
-    """Segments every image under `images` and writes its masks and overlay; returns per-image areas."""
-    segmenter = Segmenter(workdir)
+def run(workdir: str | pathlib.Path, *, images: Sequence[str | pathlib.Path], out: str | pathlib.Path,
+        which: str | int = "latest") -> list[dict]:
+    """Segments every image under `images` with checkpoint `which`, writes masks and overlays; returns areas."""
+    segmenter = Segmenter(workdir, which=which)
     files = fileio.image_files(images)
     originals = [fileio.decode(f) for f in files]  # Decoded once: squared for the model, kept for the overlays.
     masks = segmenter.masks(np.stack([fileio.to_square(a, segmenter.config.image_size)[0] for a in originals]))

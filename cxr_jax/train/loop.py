@@ -1,10 +1,10 @@
 """The one training loop every method runs on.
 
 A method object (`train.method.Method`) supplies `train_data()`, `init(rng, batch)`, `train_step(state, batch)`
-and the optional hooks (`batch_composition`, `load_pretrained`). The loop owns the
-rest: mesh, sharded init, the compiled and donated step, the input position, checkpoints, metrics,
-non-finite checks and SIGTERM. Metrics stay on device between log points; dispatch runs at most
-`MAX_IN_FLIGHT` steps ahead of compute.
+and the optional hooks (`batch_composition`, `load_pretrained`, `samples`). The loop owns the rest: mesh,
+sharded init, the compiled and donated step, the input position, checkpoints, metrics, non-finite checks,
+SIGTERM, and evaluation every `eval.every` steps (`train.evaluation`). Metrics stay on device between log
+points; dispatch runs at most `MAX_IN_FLIGHT` steps ahead of compute.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from cxr_jax import checkpoint, parallel, registry
 from cxr_jax import config as config_lib
 from cxr_jax.data import pipeline
 from cxr_jax.metrics import MetricWriter
+from cxr_jax.train.evaluation import PeriodicEvaluation
 from cxr_jax.train.method import Method
 from cxr_jax.train.state import TrainState
 
@@ -73,13 +74,18 @@ def setup(config: ml_collections.ConfigDict, start_step: int = 0, *, mesh: jax.s
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainState:
-    """Trains until `config.train.num_steps`, resuming from the latest checkpoint in `workdir`."""
+    """Trains until `config.train.num_steps`, resuming from the latest checkpoint in `workdir`.
+
+    Every `eval.every` steps the state is evaluated and checkpointed with its metrics; the checkpoint with the
+    best `eval.best_metric` is kept beside the latest `train.keep_checkpoints`.
+    """
     workdir = pathlib.Path(workdir)
     lead = jax.process_index() == 0
     if lead:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config_lib.to_json(config))
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
+                                   best_metric=config.eval.best_metric, best_mode=config.eval.best_mode)
     start_step = ckpt.latest_step() or 0
     s = setup(config, start_step)
     state = _initial_state(config, s, ckpt, start_step)
@@ -88,6 +94,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     compile_time = time.perf_counter() - t0
     jax.block_until_ready(state)
     writer = MetricWriter(workdir, start_step=start_step, num_steps=config.train.num_steps, enabled=lead)
+    evaluation = PeriodicEvaluation(config, s.method, s.mesh, workdir, writer)
     stop = _SigtermFlag()
     pending: list[tuple[int, dict]] = []
     last_flush, last_flush_step = time.perf_counter(), start_step
@@ -96,8 +103,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
             state, metrics = step_fn(state, next(s.batches))
             pending.append((step, metrics))
             wait_for_all_but(pending, MAX_IN_FLIGHT)
-            stopping = stop.is_set(step, config)
-            save = step % config.train.checkpoint_every == 0 or step == config.train.num_steps or stopping
+            stopping, evaluating = stop.is_set(step, config), evaluation.due(step)
+            save = step % config.train.checkpoint_every == 0 or step == config.train.num_steps or stopping or evaluating
             if save or step % config.train.log_every == 0:
                 fetched = jax.device_get(pending)  # Waits for the steps to finish: timing is honest.
                 now = time.perf_counter()
@@ -106,8 +113,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
                           "compile_time": compile_time}
                 _flush(fetched, writer, config, timing, ckpt)
                 pending, last_flush, last_flush_step = [], now, step
+            scores = None
+            if evaluating:  # Before `state` is donated to the next step; step times leave the evaluation out.
+                scores, last_flush = evaluation(step, state), time.perf_counter()
             if save:
-                ckpt.save(step, state, _meta(step, config))
+                ckpt.save(step, state, _meta(step, config), scores)
             if stopping:
                 ckpt.wait()
                 raise Preempted(step)

@@ -1,12 +1,14 @@
 """What a method provides: the contract between a method's trainer and the shared loop, runs and commands.
 
 A method is a class built from `(config, mesh)` (`registry.build`). The loop calls `train_data`, `init`,
-`train_step` and the optional hooks; `runs` calls `preprocess_eval`, `predict` and `evaluate`.
+`train_step` and the optional hooks (and, every `eval.every` steps, `evaluate` and `samples`); `runs` calls
+`preprocess_eval`, `predict` and `evaluate`.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +17,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from cxr_jax.data import sources
 from cxr_jax.train.state import TrainState
+
+# How many of `data.eval`'s first images the `samples` hooks draw.
+NUM_SAMPLES = 4
 
 
 class Method(abc.ABC):
@@ -52,3 +58,18 @@ class Method(abc.ABC):
     def load_pretrained(self, state: TrainState) -> TrainState:
         """Optional hook: a fresh state with pretrained weights imported (default: unchanged)."""
         return state
+
+    def samples(self, state: TrainState, mesh: jax.sharding.Mesh) -> np.ndarray | None:
+        """Optional hook: a small picture of what the model does now (uint8 RGB [H, W, 3]), or None (default).
+
+        Drawn at every evaluation during training (`eval.every`), so a run can be watched in TensorBoard
+        beside its numbers. Runs on every host (it may predict on the mesh); only the lead host writes it.
+        """
+        del state, mesh
+        return None
+
+    @functools.cached_property
+    def sample_examples(self) -> dict[str, np.ndarray]:
+        """The first `NUM_SAMPLES` examples of `data.eval`, images in memory: the same ones at every evaluation."""
+        config = self.config
+        return sources.head(config.data.eval, NUM_SAMPLES, image_size=config.image_size, seed=config.seed)

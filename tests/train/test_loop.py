@@ -18,7 +18,7 @@ def _train(workdir, *overrides):
 
 
 def test_two_identical_runs_log_identical_losses_and_params(tmp_path):
-    a = _train(tmp_path / "a")
+    a = _train(tmp_path / "a", "eval.every=2")  # Evaluating during training must not change the training.
     b = _train(tmp_path / "b")
     log_a, log_b = metrics.read_jsonl(tmp_path / "a/metrics.jsonl"), metrics.read_jsonl(tmp_path / "b/metrics.jsonl")
     assert [r["step"] for r in log_a] == [2, 4, 6]
@@ -28,6 +28,9 @@ def test_two_identical_runs_log_identical_losses_and_params(tmp_path):
     assert_trees_equal(jax.device_get(a.params), jax.device_get(b.params))
     assert (tmp_path / "a/config.json").is_file()
     assert list((tmp_path / "a/tensorboard").glob("events.out.tfevents.*"))
+    history = metrics.read_jsonl(tmp_path / "a/eval/history.jsonl")
+    assert [r["step"] for r in history] == [2, 4, 6] and {"auc", "loss", "accuracy"} <= set(history[0])
+    assert not (tmp_path / "b/eval").exists() and not (tmp_path / "a/samples").exists()  # Off; no classifier samples.
 
 
 def test_training_fits_a_small_set(tmp_path):
@@ -42,7 +45,7 @@ def test_training_fits_a_small_set(tmp_path):
 def test_step_is_traced_once(tmp_path, monkeypatch):
     traced = chex.assert_max_traces(classifier.Classifier.train_step, n=1)
     monkeypatch.setattr(classifier.Classifier, "train_step", traced)
-    _train(tmp_path)
+    _train(tmp_path, "eval.every=3")  # Evaluation uses the loop's state: no second compile of the step.
     # Also under plain jit, called on many batches: no retrace.
     chex.clear_trace_counter()
     config = config_lib.load(SMOKE)

@@ -10,8 +10,10 @@ import pytest
 from cxr_jax import checkpoint, metrics
 from tests.conftest import ROOT, SMOKE, assert_trees_equal, cli_env, final_state, run_cli
 
-# Long enough that a kill after the first checkpoints lands mid-run.
-LONG = ["--config.train.num_steps=120", "--config.train.checkpoint_every=10", "--config.train.log_every=5"]
+# Long enough that a kill after the first checkpoints lands mid-run. Evaluated every 20 steps, the best step
+# by the *lowest* AUC: an early step, so the best checkpoint must outlive the latest 3 across the kill.
+LONG = ["--config.train.num_steps=120", "--config.train.checkpoint_every=10", "--config.train.log_every=5",
+        "--config.eval.every=20", "--config.eval.best_mode=min"]
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +47,23 @@ def _assert_same_as(workdir, reference):
     assert [r["step"] for r in log] == [r["step"] for r in ref_log]
     for key in ("loss", "accuracy", "grad_norm", "param_norm", "learning_rate"):
         assert [r[key] for r in log] == [r[key] for r in ref_log], key
+    # Evaluation: the same history (the killed run's records after its checkpoint cut away and redone), and
+    # the same best checkpoint kept beside the latest.
+    history = (workdir / "eval" / "history.jsonl").read_text()
+    assert history == (reference / "eval" / "history.jsonl").read_text()
+    assert [r["step"] for r in metrics.read_jsonl(workdir / "eval" / "history.jsonl")] == [20, 40, 60, 80, 100, 120]
+    best = checkpoint.Checkpointer(workdir / "checkpoints", read_only=True, best_metric="auc", best_mode="min")
+    ref_best = checkpoint.Checkpointer(reference / "checkpoints", read_only=True, best_metric="auc", best_mode="min")
+    assert best.resolve("best") == ref_best.resolve("best")
+    assert _steps(workdir) == _steps(reference) == sorted({best.resolve("best"), 100, 110, 120})
     state, step = final_state(SMOKE, workdir, [o.removeprefix("--config.") for o in LONG])
     ref_state, ref_step = final_state(SMOKE, reference, [o.removeprefix("--config.") for o in LONG])
     assert step == ref_step == 120
     assert_trees_equal(state, ref_state)  # Bit-identical: params, optimizer state, BatchNorm statistics.
+
+
+def _steps(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
 def test_sigkill_then_resume_is_bit_exact(uninterrupted, tmp_path):

@@ -28,8 +28,8 @@ from cxr_jax.data import phantom
 from cxr_jax.data.sources import mimic, public, rsna, shared
 from cxr_jax.data.sources.fileio import DataError, read_gray
 
-__all__ = ["DataError", "SOURCES", "concatenate", "describe", "images_only", "labelled_images", "load", "read_gray",
-           "with_masks"]
+__all__ = ["DataError", "SOURCES", "concatenate", "describe", "head", "images_only", "labelled_images", "load",
+           "read_gray", "with_masks"]
 
 
 def load(spec: ml_collections.ConfigDict, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
@@ -48,6 +48,17 @@ def load_phantom(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
         raise DataError(f"phantom split must be train, valid or test; got {spec.split!r}")
     data = phantom.generate(spec.num_examples, image_size=image_size, seed=seed * 3 + split_seed)
     data["orig_size"] = np.full((spec.num_examples, 2), image_size, np.int32)
+    return data
+
+
+def head(spec: ml_collections.ConfigDict, num: int, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
+    """The first `num` examples of a set, with their `image` uint8 [n, S, S, 1] in memory even when streamed.
+
+    For a few fixed pictures (sample images during training): the same examples at every step.
+    """
+    data = {k: v[:num] for k, v in load(spec, image_size=image_size, seed=seed).items()}
+    if "image" not in data:
+        data["image"] = np.stack([read_gray(f, image_size)[0][..., None] for f in data["file"]])
     return data
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from cxr_jax.config import ConfigError
@@ -77,6 +78,12 @@ class DGM(Method):
         from cxr_jax.methods.dgm import evaluate
 
         return evaluate.evaluate(self, state, mesh, outdir)
+
+    def samples(self, state: state_lib.TrainState, mesh) -> np.ndarray:
+        """Input | synthesised normal | residue | saliency of data.eval's first images (`methods.dgm.pictures`)."""
+        from cxr_jax.methods.dgm import pictures
+
+        return pictures.samples(self, state, mesh)
 
     def init(self, rng: jax.Array, batch) -> state_lib.TrainState:
         """Both networks' parameters and optimizer states (and the generator EMA, if enabled)."""

@@ -102,12 +102,16 @@ def ncc_scores(images: jax.Array, template: jax.Array, xy: jax.Array, *, patch: 
 
 
 class Localiser:
-    """A trained LD run, ready to localise: `keys` from a template, then `locate` in query images."""
+    """A trained LD run at checkpoint `which` (latest, best or a step), ready to localise.
 
-    def __init__(self, workdir: str | pathlib.Path, config: ml_collections.ConfigDict | None = None, mesh=None):
+    `keys` from a template, then `locate` in query images.
+    """
+
+    def __init__(self, workdir: str | pathlib.Path, config: ml_collections.ConfigDict | None = None, mesh=None, *,
+                 which: str | int = "latest"):
         self.mesh = mesh or parallel.make_mesh()
         self.config, self.method, self.state, self.step = runs.restore_run(
-            workdir, "ld", needed="an LD run (configs/ld.py)", mesh=self.mesh, config=config)
+            workdir, "ld", needed="an LD run (configs/ld.py)", mesh=self.mesh, config=config, which=which)
 
     def keys(self, template: np.ndarray, xy: np.ndarray) -> np.ndarray:
         """Template features [L, D] at points xy [L, 2] of one square uint8 image [S, S, 1]."""

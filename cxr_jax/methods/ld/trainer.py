@@ -117,6 +117,12 @@ class LD(Method):
 
         return evaluate.evaluate(self, state, mesh, outdir)
 
+    def samples(self, state: state_lib.TrainState, mesh) -> np.ndarray:
+        """Input | embedding PCA as RGB | cluster map of data.eval's first images (`methods.ld.pictures`)."""
+        from cxr_jax.methods.ld import pictures
+
+        return pictures.samples(self, state, mesh)
+
     def init(self, rng: jax.Array, batch) -> state_lib.TrainState:
         """Parameters, BatchNorm statistics and the optimizer state."""
         images = batch["view1"] if "view1" in batch else batch["image"]

@@ -1,4 +1,4 @@
-"""Segmentation evaluation: `dice_<structure>` on the eval split and an overlay figure.
+"""Segmentation evaluation: `dice_<structure>` and their mean `dice_mean` on the eval split, and an overlay figure.
 
 Dice is computed per image on the thresholded (p > 0.5) prediction at the run's resolution and averaged over
 the images that have a mask (an image with an empty mask and an empty prediction scores 1).
@@ -16,7 +16,7 @@ from cxr_jax.methods.segment import segmenter as segment
 
 
 def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
-    """`dice_<structure>` and `num_images` on `data.eval`; writes `overlays.png` to `outdir`."""
+    """`dice_<structure>`, their mean `dice_mean` and `num_images` on `data.eval`; writes `overlays.png` to `outdir`."""
     config = method.config
     data = method.examples(config.data.eval)
     key = "image" if "image" in data else "file"
@@ -24,6 +24,7 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     truth = data["masks"][rows]
     scores = dice_scores(probs > 0.5, truth)
     result = {f"dice_{s}": float(scores[:, c].mean()) for c, s in enumerate(config.model.structures)}
+    result["dice_mean"] = float(scores.mean())  # One number for eval.best_metric, whatever the structures.
     result["num_images"] = float(len(rows))
     if key == "image":
         plot_overlays(data["image"][rows, ..., 0], (probs > 0.5).astype(np.uint8), outdir / "overlays.png")

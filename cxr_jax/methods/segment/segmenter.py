@@ -18,12 +18,12 @@ OUTLINE_COLOURS = ((255, 64, 64), (64, 255, 64), (64, 128, 255), (255, 255, 64),
 
 
 class Segmenter:
-    """A trained `segment` run, ready to predict: `masks(images)` at any image size."""
+    """A trained `segment` run at checkpoint `which` (latest, best or a step), ready to predict: `masks(images)`."""
 
-    def __init__(self, workdir: str | pathlib.Path, mesh=None):
+    def __init__(self, workdir: str | pathlib.Path, mesh=None, *, which: str | int = "latest"):
         self.mesh = mesh or parallel.make_mesh()
         self.config, self.method, self.state, self.step = runs.restore_run(
-            workdir, "segment", needed="a segmenter run (configs/segment.py)", mesh=self.mesh)
+            workdir, "segment", needed="a segmenter run (configs/segment.py)", mesh=self.mesh, which=which)
         self.structures = tuple(self.config.model.structures)
 
     def masks(self, images: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from cxr_jax import runs
 from cxr_jax.config import ConfigError
 from cxr_jax.data import augment, sources
 from cxr_jax.methods.segment import losses
+from cxr_jax.metrics import image_grid
 from cxr_jax.models import unet
 from cxr_jax.train import state as state_lib
 from cxr_jax.train.method import Method
@@ -123,3 +124,12 @@ class Segment(Method):
         """Per-structure probabilities [B, S, S, C]."""
         logits = self.model.apply({"params": state.params["model"], **state.model_state}, batch["image"])
         return jax.nn.sigmoid(logits)
+
+    def samples(self, state: state_lib.TrainState, mesh) -> np.ndarray:
+        """Data.eval's first images with the predicted structures' outlines (`segmenter.overlay`), side by side."""
+        from cxr_jax.methods.segment import segmenter
+
+        images = self.sample_examples["image"]
+        probs, _ = runs.predict(self, state, {"image": images}, mesh)
+        return image_grid([[np.asarray(segmenter.overlay(x[..., 0], (p > 0.5).astype(np.uint8)))
+                            for x, p in zip(images, probs)]])

@@ -1,14 +1,16 @@
-"""DGM's anomaly metrics against brute-force NumPy, and `cxr-jax evaluate` on a smoke run."""
+"""DGM's anomaly metrics against brute-force NumPy, `cxr-jax evaluate` on a smoke run, evaluation in training."""
 
 import json
 
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
+from cxr_jax import checkpoint, metrics
 from cxr_jax.cli import main
 from cxr_jax.methods.dgm import evaluate as dgm_eval
-from tests.conftest import ROOT
+from tests.conftest import ROOT, event_tags
 
 SMOKE = f"{ROOT / 'configs' / 'dgm.py'}:smoke"
 CFG = ml_collections.ConfigDict(dict(threshold="otsu", percentile=95.0, polarity="abs", min_area=1,
@@ -83,3 +85,23 @@ def test_evaluate_cli_writes_metrics_and_cases(dgm_run):
     for prefix in ("", "ae_"):
         assert metrics[f"{prefix}image_auc_ci_low"] <= metrics[f"{prefix}image_auc"] <= metrics[
             f"{prefix}image_auc_ci_high"]
+
+
+def test_training_evaluates_keeps_the_best_step_and_draws_samples(dgm_run):
+    history = metrics.read_jsonl(dgm_run / "eval" / "history.jsonl")
+    assert [r["step"] for r in history] == [2, 4]
+    assert {"image_auc", "pixel_auroc", "ae_image_auc"} <= set(history[0])
+    best = max((r["image_auc"], r["step"]) for r in history)[1]  # Ties: the later step.
+    assert sorted(int(p.name) for p in (dgm_run / "checkpoints").iterdir() if p.name.isdigit()) == sorted({best, 4})
+    reader = checkpoint.Checkpointer(dgm_run / "checkpoints", read_only=True, best_metric="image_auc")
+    assert reader.resolve("best") == best
+    # Rows input | normal | residue | saliency of 4 images, 32 px panels drawn at 64 px with 2 px gaps.
+    for step in (2, 4):
+        assert np.asarray(Image.open(dgm_run / "samples" / f"{step}.png")).shape == (4 * 66 - 2, 4 * 66 - 2, 3)
+    tags = event_tags(dgm_run / "tensorboard")
+    assert tags[("image", "samples")] == tags[("scalar", "eval/image_auc")] == [2, 4]
+    # `evaluate --checkpoint best` scores that step's state again: the same numbers as during training.
+    assert main.main(["evaluate", "--config", SMOKE, "--workdir", str(dgm_run), "--checkpoint", "best"]) == 0
+    result = json.loads((dgm_run / "eval" / "metrics.json").read_text())
+    assert result["step"] == best
+    assert result["image_auc"] == next(r["image_auc"] for r in history if r["step"] == best)

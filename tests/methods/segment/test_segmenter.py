@@ -81,6 +81,7 @@ def test_evaluate_reports_dice(segment_run):
     config = config_lib.load(f"{ROOT / 'configs' / 'segment.py'}:smoke", ["train.num_steps=2"])
     result = runs.evaluate(config, segment_run)
     assert 0.0 <= result["dice_lungs"] <= 1.0 and result["num_images"] == 32
+    assert result["dice_mean"] == pytest.approx(result["dice_lungs"])  # One structure: its Dice is the mean.
     assert (segment_run / "eval" / "overlays.png").is_file()
 
 
@@ -89,3 +90,12 @@ def test_segment_rejects_a_run_of_another_method(dgm_run, tmp_path, capsys):
         main.main(["segment", "--workdir", str(dgm_run), str(tmp_path), "--out", str(tmp_path / "o")])
     assert "trained with method 'dgm'; a segmenter run" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_samples_draw_the_predicted_outlines_of_the_first_eval_images(segment_run):
+    from cxr_jax import parallel, runs
+
+    mesh = parallel.make_mesh()
+    _, method, state, _ = runs.restore_run(segment_run, "segment", needed="a segment run", mesh=mesh)
+    grid = method.samples(state, mesh)
+    assert grid.shape == (64, 4 * 66 - 2, 3) and grid.dtype == np.uint8  # One row: 4 images of 32 px at 64 px.
