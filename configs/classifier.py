@@ -63,6 +63,7 @@ def _demo(c: ml_collections.ConfigDict) -> None:
     c.train.num_steps = 300
     c.train.log_every = 20
     c.train.checkpoint_every = 100
+    c.eval.every = 100  # Measured on 2 CPU cores: an evaluation 1.3 s, 100 steps 34 s (+4 %).
 
 
 def _nih1000(c: ml_collections.ConfigDict) -> None:

@@ -106,6 +106,7 @@ def _demo(c: ml_collections.ConfigDict) -> None:
     c.model.head_batch_norm = True
     c.augment.crop_area, c.augment.degrees, c.augment.translate, c.augment.scale = (1.0, 1.0), 0.0, 0.0, (1.0, 1.0)
     c.train.num_steps, c.train.log_every, c.train.checkpoint_every = 400, 20, 100
+    # eval.every stays 0: an evaluation (probes and 1400 fine-tuning steps) took 238 s against 100 steps' 28 s.
 
 
 def _covid(c: ml_collections.ConfigDict) -> None:

@@ -79,6 +79,13 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
 
 
 def _demo(c: ml_collections.ConfigDict) -> None:
+    _demo_model(c)
+    # Evaluated at every checkpoint: 256 images took 29 s against 250 steps' 410 s on 2 CPU cores (+7 %).
+    c.eval.every = c.train.checkpoint_every
+
+
+def _demo_model(c: ml_collections.ConfigDict) -> None:
+    """The demo's model and schedule (also nih1000's and jsrt's, whose evaluation cost is not measured)."""
     c.model.generator.update(dim=16, n_res=2, mlp_dim=64)
     c.model.discriminator.update(dim=16)
     c.optim.learning_rate = 2e-4
@@ -89,13 +96,13 @@ def _demo(c: ml_collections.ConfigDict) -> None:
 
 
 def _nih1000(c: ml_collections.ConfigDict) -> None:
-    _demo(c)
+    _demo_model(c)
     common.shared(c.data.train, "nih1000", "train")
     common.shared(c.data.eval, "nih1000", "valid")
 
 
 def _jsrt(c: ml_collections.ConfigDict) -> None:
-    _demo(c)
+    _demo_model(c)
     c.image_size = 128
     c.augment.max_shift = 4
     c.model.ae.n_down = 4

@@ -101,6 +101,7 @@ def _demo(c: ml_collections.ConfigDict) -> None:
     c.train.num_steps = 600
     c.train.log_every = 25
     c.train.checkpoint_every = 100
+    c.eval.every = 100  # Measured on 2 CPU cores: an evaluation 5 s, 100 steps 125 s (+4 %).
     c.loss.stage1_steps = 200
 
 
