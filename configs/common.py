@@ -16,6 +16,9 @@ def base(method: str) -> ml_collections.ConfigDict:
     c.image_size = 64
     c.mixed_precision = False  # bf16 compute, fp32 params and optimizer state.
     c.init_from = None  # Another run's workdir whose latest params start this run.
+    # Resume even though this config changes keys the run's checkpoints depend on (model, optimizer, data order;
+    # cxr_jax/train/workdir.py FREE_KEYS lists the ones that may always change): the changes are logged.
+    c.allow_changes = False
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 100

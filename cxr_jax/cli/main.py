@@ -22,14 +22,19 @@ def _add_config(parser: argparse.ArgumentParser, workdir: bool = True) -> None:
 
 
 def _train(args, config) -> int:
-    from cxr_jax.train import loop
+    from cxr_jax.train import loop, workdir
 
     try:
         loop.train(config, args.workdir)
+    except ValueError as e:  # A resume's user errors (a checkpoint that does not fit the model) become one line.
+        error = workdir.resume_error(e)
+        if error is None:
+            raise
+        raise error from e
     except loop.Preempted as e:
         print(e, file=sys.stderr)
         return 143
-    except loop.NonFiniteError as e:
+    except (loop.NonFiniteError, loop.WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -62,11 +67,17 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-batches", type=int, default=20, help="--data: batches timed per pipeline")
     parser.add_argument("--compile-only", action="store_true",
                         help="stop after compiling: FLOPs and XLA's memory plan of one step")
+    parser.add_argument("--steps", type=int, help="timed steps (default: the config's bench.num_steps)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default: bench.warmup_steps)")
 
 
 def _bench(args, config) -> int:
     from cxr_jax import bench
 
+    if args.steps is not None:
+        config.bench.num_steps = args.steps
+    if args.warmup is not None:
+        config.bench.warmup_steps = args.warmup
     if args.data:
         result = bench.run_data(config, num_batches=args.num_batches)
     else:
@@ -75,6 +86,8 @@ def _bench(args, config) -> int:
     print(text)
     if args.out:
         pathlib.Path(args.out).write_text(text + "\n")
+    if not args.data:
+        print(bench.summary(result))
     return 0
 
 

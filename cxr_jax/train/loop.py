@@ -24,6 +24,7 @@ from cxr_jax import checkpoint, parallel, registry
 from cxr_jax import config as config_lib
 from cxr_jax.data import pipeline
 from cxr_jax.metrics import MetricWriter
+from cxr_jax.train import workdir as workdir_lib
 from cxr_jax.train.evaluation import PeriodicEvaluation
 from cxr_jax.train.method import Method
 from cxr_jax.train.state import TrainState
@@ -78,7 +79,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
 
     Every `eval.every` steps the state is evaluated and checkpointed with its metrics; the checkpoint with the
     best `eval.best_metric` is kept beside the latest `train.keep_checkpoints`.
+
+    One `train` per workdir at a time (`W/train.lock`), and a resume refuses a config that changes the model,
+    optimizer or data order unless `allow_changes` (`train/workdir.py`); both before anything is written.
     """
+    with workdir_lib.claim(config, workdir):  # Released however `_train` ends (a kept traceback holds no lock).
+        return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainState:
+    """`train` with the workdir claimed."""
     workdir = pathlib.Path(workdir)
     lead = jax.process_index() == 0
     if lead:
@@ -88,7 +98,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
                                    best_metric=config.eval.best_metric, best_mode=config.eval.best_mode)
     start_step = ckpt.latest_step() or 0
     s = setup(config, start_step)
-    state = _initial_state(config, s, ckpt, start_step)
+    state, start_step, s = _initial_state(config, s, ckpt, start_step)
     t0 = time.perf_counter()
     step_fn = s.step_fn.lower(state, s.first_batch).compile()
     compile_time = time.perf_counter() - t0
@@ -121,11 +131,24 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
             if stopping:
                 ckpt.wait()
                 raise Preempted(step)
+        ckpt.wait()  # A failed background save surfaces here, as a WriteError.
+    except OSError as e:  # Disk full, permissions, a vanished mount: nothing written so far is lost.
+        raise WriteError(e, ckpt) from e
     finally:
         stop.restore()
         writer.close()
         ckpt.close()
     return state
+
+
+class WriteError(RuntimeError):
+    """A checkpoint, metrics or evaluation file could not be written; the run stopped."""
+
+    def __init__(self, error: OSError, ckpt: checkpoint.Checkpointer):
+        step = ckpt.committed_step()
+        kept = f"the checkpoint of step {step} is intact" if step else "no checkpoint was written yet"
+        super().__init__(f"could not write {error.filename or 'a file'}: {error.strerror or error}; stopped, {kept} "
+                         f"under {ckpt.directory}. Fix the cause and rerun the same command to resume")
 
 
 class Preempted(RuntimeError):
@@ -137,15 +160,21 @@ class Preempted(RuntimeError):
         self.step = step
 
 
-def _initial_state(config, s: Setup, ckpt: checkpoint.Checkpointer, start_step: int):
-    """Resumes from this run's checkpoint, or initialises (optionally from another run's params)."""
+def _initial_state(config, s: Setup, ckpt: checkpoint.Checkpointer, start_step: int) -> tuple[Any, int, Setup]:
+    """(state, its step, setup): this run's newest readable checkpoint, or a fresh (or `init_from`) state.
+
+    A damaged latest checkpoint is moved aside (`Checkpointer.restore_newest`); resuming from an earlier one
+    rebuilds the input stream at that step.
+    """
     if start_step:
-        state, meta = ckpt.restore(start_step, s.abstract_state)
+        state, meta, step = ckpt.restore_newest(s.abstract_state)
         if meta["batch_size"] != config.batch_size or meta["seed"] != config.seed:
             raise ValueError(f"{ckpt.directory}: checkpoint was written with batch_size={meta['batch_size']}, "
                              f"seed={meta['seed']}; resuming with batch_size={config.batch_size}, "
                              f"seed={config.seed} would change the input order")
-        return state
+        if step != start_step:
+            s = setup(config, step, mesh=s.mesh, method=s.method)
+        return state, step, s
     state = s.init_fn(jax.random.key(config.seed), s.first_batch)
     state = s.method.load_pretrained(state)
     if config.init_from:
@@ -156,7 +185,7 @@ def _initial_state(config, s: Setup, ckpt: checkpoint.Checkpointer, start_step: 
         source, _ = other.restore(step, s.abstract_state)
         state = state.replace(params=source.params, model_state=source.model_state)
         other.close()
-    return state
+    return state, 0, s
 
 
 def wait_for_all_but(pending: list[tuple[int, Any]], num: int) -> None:
