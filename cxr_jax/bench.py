@@ -51,6 +51,7 @@ def run(config: ml_collections.ConfigDict, *, matmul_size: int = 2048, compile_o
     peak = matmul_peak_flops(matmul_size)
     flops = result["flops_per_step"]
     result.update({
+        "timed_steps": len(times),
         "step_time_median_s": step_time,
         "step_time_min_s": min(times),
         "examples_per_sec": config.batch_size / step_time,
@@ -61,6 +62,21 @@ def run(config: ml_collections.ConfigDict, *, matmul_size: int = 2048, compile_o
         "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     })
     return result
+
+
+def summary(result: dict) -> str:
+    """One line of `run`'s result: step time, throughput, FLOP/s against the matmul peak, memory, compile."""
+    parts = [f"{result['method']} batch {result['batch_size']} at {result['image_size']} px"]
+    if "step_time_median_s" in result:
+        parts += [f"{result['step_time_median_s']:.3g} s/step (median)", f"{result['examples_per_sec']:.3g} examples/s",
+                  f"{result['achieved_flops_per_sec'] / 1e9:.3g} GFLOP/s = {100 * result['fraction_of_peak']:.0f} % "
+                  "of the matmul peak"]
+    if "xla_step_memory_mb" in result:
+        parts.append(f"XLA step memory {result['xla_step_memory_mb']:.0f} MB")
+    if "peak_host_memory_mb" in result:
+        parts.append(f"peak RSS {result['peak_host_memory_mb']:.0f} MB")
+    parts.append(f"compile {result['compile_time_s']:.3g} s")
+    return ", ".join(parts)
 
 
 def _memory(compiled) -> dict[str, float]:

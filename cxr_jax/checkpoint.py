@@ -11,8 +11,10 @@ is the one the policy kept, before and after a resume.
 
 from __future__ import annotations
 
+import logging
 import math
 import pathlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +22,7 @@ import jax
 import orbax.checkpoint as ocp
 
 BEST_MODES = ("max", "min")
+log = logging.getLogger(__name__)
 
 
 class Checkpointer:
@@ -41,6 +44,11 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
+        return self._manager.latest_step()
+
+    def committed_step(self) -> int | None:
+        """The newest checkpoint complete on disk (re-read: after a failed save, not the one that failed)."""
+        self._manager.reload()
         return self._manager.latest_step()
 
     def best_step(self) -> int | None:
@@ -104,6 +112,60 @@ class Checkpointer:
                              f"and optimizer: {e}") from e
         return restored.state, restored.meta
 
+    def restore_newest(self, abstract_state: Any) -> tuple[Any, dict[str, Any], int] | None:
+        """(state, meta, step) of the newest checkpoint that restores; None if there is none at all.
+
+        A checkpoint whose files are damaged (truncated, deleted, garbled: a preempted VM, a flaky bucket) is
+        moved aside to `STEP.corrupt`, never deleted, with a one-line warning, and the previous one is tried.
+        One that is intact but holds another model is an error (ValueError): that is a config change, not
+        damage. Raises FileNotFoundError if checkpoints exist and none restores.
+        """
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        for step in steps:
+            mismatch = self._mismatch(step, abstract_state)  # Before Orbax tries (and logs its failures).
+            if mismatch:
+                raise ValueError(f"checkpoint {self.directory / str(step)} does not match this config's model "
+                                 f"and optimizer: {mismatch}")
+            _quiet_failed_reads()
+            try:
+                return (*self.restore(step, abstract_state), step)
+            except Exception as e:  # TensorStore raises bare Exceptions for unreadable data.
+                self._move_aside(step, e)
+        if steps:
+            raise FileNotFoundError(f"no checkpoint under {self.directory} could be restored; the damaged ones "
+                                    f"were moved aside as {', '.join(f'{s}.corrupt' for s in steps)}")
+        return None
+
+    def _mismatch(self, step: int, abstract_state: Any) -> str | None:
+        """How the stored tree differs from `abstract_state` (paths, shapes, dtypes), or None.
+
+        None if it fits, or if its metadata is unreadable: then the data, not the model, is at fault.
+        """
+        try:
+            stored = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+        except Exception:  # Unreadable metadata is damage, not a different model.
+            return None
+        have, want = _shapes_by_path(stored), _shapes_by_path(abstract_state)
+        diffs = [f"{k} missing" for k in sorted(want.keys() - have.keys())]
+        diffs += [f"{k} unexpected" for k in sorted(have.keys() - want.keys())]
+        diffs += [f"{k} {have[k]} vs {want[k]}" for k in sorted(want.keys() & have.keys()) if have[k] != want[k]]
+        return None if not diffs else "; ".join(diffs[:3]) + (f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else "")
+
+    def _move_aside(self, step: int, error: Exception) -> None:
+        """Renames a damaged checkpoint to `STEP.corrupt` (lead host only) and forgets it."""
+        source = self.directory / str(step)
+        target = source.with_name(f"{step}.corrupt")
+        for n in range(1, 100):
+            if not target.exists():
+                break
+            target = source.with_name(f"{step}.corrupt.{n}")
+        reason = " ".join(str(error).split(" See full TensorStore details")[0].split())[:160]
+        if jax.process_index() == 0:
+            source.rename(target)
+        log.warning("checkpoint %s could not be restored (%s: %s); moved to %s, trying the previous one", source,
+                    type(error).__name__, reason, target.name)
+        self._manager.reload()
+
     def wait(self) -> None:
         """Blocks until pending saves are on disk."""
         self._manager.wait_until_finished()
@@ -111,6 +173,43 @@ class Checkpointer:
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""
         self._manager.close()
+
+
+def _quiet_failed_reads() -> None:
+    """Silences the debris of failed Orbax reads for the rest of the process; it would bury the warning.
+
+    When TensorStore fails to read an array, Orbax's async restore leaves callbacks that later fire at a
+    closed event loop (each printed as a traceback, ~180 for a smoke model, some at exit) and futures whose
+    exception nobody retrieves (logged by asyncio when collected). Only those two are dropped.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_cxr_quiet", False):
+        return
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+            previous(unraisable)
+
+    def unretrieved_read(record: logging.LogRecord) -> bool:
+        exception = record.exc_info[1] if record.exc_info else None
+        text = f"{record.getMessage()} {exception}"
+        return not ("exception was never retrieved" in text and "error while reading array" in text)
+
+    hook._cxr_quiet = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(unretrieved_read)
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """'a/b/c' → (shape, dtype) of each leaf; dataclass fields and dict keys spelled alike."""
+    def name(entry) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                return str(getattr(entry, attr))
+        return str(entry)
+
+    return {"/".join(map(name, path)): (tuple(leaf.shape), str(leaf.dtype))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _latest_and_best(keep: int, rank: Callable[[dict], float]):

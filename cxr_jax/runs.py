@@ -53,15 +53,20 @@ def restore_state(workdir: str | pathlib.Path, method: Method, batch: dict, mesh
     """A checkpoint's state of a run (structure from `method.init` on `batch`) and its step.
 
     `which` is 'latest', 'best' (the evaluated checkpoint with the best `eval.best_metric` of the method's
-    config, by default the one the run was trained with) or a step number.
+    config, by default the one the run was trained with) or a step number. 'latest' is the newest checkpoint
+    that restores: damaged ones are moved aside (`Checkpointer.restore_newest`).
     """
     ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", read_only=True,
                                    best_metric=method.config.eval.best_metric, best_mode=method.config.eval.best_mode)
     try:
         step = ckpt.resolve(which)
         batch = parallel.from_full(batch, mesh)
-        abstract = jax.eval_shape(method.init, jax.random.key(0), batch)
-        state, _ = ckpt.restore(step, checkpoint.abstract_like(abstract, parallel.replicated(mesh)))
+        abstract = checkpoint.abstract_like(jax.eval_shape(method.init, jax.random.key(0), batch),
+                                            parallel.replicated(mesh))
+        if which == "latest":
+            state, _, step = ckpt.restore_newest(abstract)
+        else:
+            state, _ = ckpt.restore(step, abstract)
     finally:
         ckpt.close()
     return state, step

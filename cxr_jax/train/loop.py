@@ -93,12 +93,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tr
     lead = jax.process_index() == 0
     if lead:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config_lib.to_json(config))
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                                    best_metric=config.eval.best_metric, best_mode=config.eval.best_mode)
     start_step = ckpt.latest_step() or 0
     s = setup(config, start_step)
     state, start_step, s = _initial_state(config, s, ckpt, start_step)
+    if lead:  # Only once the state is there: a start that fails leaves the run's config as it was.
+        (workdir / "config.json").write_text(config_lib.to_json(config))
     t0 = time.perf_counter()
     step_fn = s.step_fn.lower(state, s.first_batch).compile()
     compile_time = time.perf_counter() - t0

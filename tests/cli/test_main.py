@@ -24,8 +24,11 @@ def test_train_evaluate_bench(tmp_path):
     assert same["num_images"] == 32 and same["p_not_better"] == 1.0
 
     out = tmp_path / "bench.json"
-    run_cli("bench", "--config", SMOKE, "--out", str(out), "--matmul-size", "256")
+    proc = run_cli("bench", "--config", SMOKE, "--out", str(out), "--matmul-size", "256", "--steps", "2",
+                   "--warmup", "0")
     bench = json.loads(out.read_text())
+    assert bench["timed_steps"] == 2
+    assert proc.stdout.splitlines()[-1].startswith("classifier batch 8 at 32 px, ")  # The one-line summary.
     for key in ("step_time_median_s", "examples_per_sec", "compile_time_s", "flops_per_step",
                 "achieved_flops_per_sec", "fraction_of_peak", "peak_host_memory_mb"):
         assert bench[key] > 0, key

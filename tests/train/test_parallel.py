@@ -50,7 +50,11 @@ def test_two_processes_match_one_process_with_two_devices(reference, tmp_path):
     np.testing.assert_allclose(_losses(tmp_path / "mp"), _losses(reference), rtol=TOL)
     got, _ = final_state(SMOKE, tmp_path / "mp")
     want, _ = final_state(SMOKE, two_devices)
-    assert_trees_equal(got, want)  # Bit-identical: gloo all-reduce and in-process all-reduce agree.
+    # gloo's all-reduce and the in-process one agree, but not always to the bit: XLA:CPU splits reductions
+    # over its intra-op thread pool, sized by the cores each process may use, so two processes and one
+    # two-device process can sum in different orders (bit-identical on two cores; pinned to one core, up to
+    # 1.5e-7 apart in a conv kernel). Float32 rounding after 6 steps is what holds on any core count.
+    assert_trees_equal(got, want, rtol=1e-5, atol=1e-6)
 
 
 def _launch(command, env):

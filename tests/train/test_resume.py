@@ -1,5 +1,8 @@
-"""Killed runs resume exactly: SIGKILL at an arbitrary moment, SIGTERM with a save (subprocesses)."""
+"""Killed runs resume exactly: SIGKILL at an arbitrary moment, SIGTERM with a save (subprocesses); damaged
+checkpoints are moved aside and failed writes stop the run, which then resumes exactly."""
 
+import errno
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,3 +92,86 @@ def test_sigterm_saves_before_exit_and_resumes(uninterrupted, tmp_path):
     assert checkpoint.Checkpointer(tmp_path / "checkpoints", read_only=True).latest_step() == stopped
     run_cli("train", "--config", SMOKE, "--workdir", str(tmp_path), *LONG)
     _assert_same_as(tmp_path, uninterrupted)
+
+
+def _damage(step_dir, how):
+    """Damages a checkpoint's array data as a preempted VM or a flaky bucket can."""
+    data = max((step_dir / "state" / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size)
+    if how == "truncate":
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    elif how == "delete":
+        data.unlink()
+    else:  # Garble the start of the file (its compressed frames' headers); flipped bytes deep inside a frame
+        # can decompress to wrong numbers without any error, which no reader can tell from real ones.
+        raw = bytearray(data.read_bytes())
+        raw[:64] = bytes(b ^ 0xA5 for b in raw[:64])
+        data.write_bytes(bytes(raw))
+
+
+def test_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes_exactly(uninterrupted, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    _damage(workdir / "checkpoints" / "120", "truncate")
+    proc = run_cli("train", "--config", SMOKE, "--workdir", str(workdir), *LONG)
+    assert "moved to 120.corrupt" in proc.stderr and "Traceback" not in proc.stderr
+    assert (workdir / "checkpoints" / "120.corrupt").is_dir()  # Kept for inspection, never deleted.
+    _assert_same_as(workdir, uninterrupted)  # Resumed from 110 and redid 111–120 exactly.
+
+
+@pytest.mark.parametrize("how", ["delete", "garble"])
+def test_each_damaged_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path, how):
+    from cxr_jax import config as config_lib
+    from cxr_jax.train import loop
+
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    config = config_lib.load(SMOKE, [o.removeprefix("--config.") for o in LONG])
+    abstract = loop.setup(config).abstract_state
+    for step in (120, 110):
+        _damage(workdir / "checkpoints" / str(step), how)
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+    _, meta, step = ckpt.restore_newest(abstract)
+    assert step == meta["step"] == 100
+    assert sorted(p.name for p in (workdir / "checkpoints").glob("*.corrupt")) == ["110.corrupt", "120.corrupt"]
+    for p in (workdir / "checkpoints").iterdir():
+        if p.name.isdigit():
+            _damage(p, how)
+    with pytest.raises(FileNotFoundError, match="could be restored"):
+        ckpt.restore_newest(abstract)
+    ckpt.close()
+
+
+def test_a_checkpoint_of_another_model_is_an_error_not_damage(uninterrupted, tmp_path):
+    from cxr_jax import config as config_lib
+    from cxr_jax.train import loop
+
+    overrides = [o.removeprefix("--config.") for o in LONG] + ["model.width=16"]
+    abstract = loop.setup(config_lib.load(SMOKE, overrides)).abstract_state
+    ckpt = checkpoint.Checkpointer(uninterrupted / "checkpoints", read_only=True)
+    with pytest.raises(ValueError, match="does not match this config's model"):
+        ckpt.restore_newest(abstract)
+    assert not list((uninterrupted / "checkpoints").glob("*.corrupt"))
+
+
+def test_a_failed_write_stops_the_run_and_a_rerun_resumes_exactly(uninterrupted, tmp_path, monkeypatch):
+    from cxr_jax import config as config_lib
+    from cxr_jax.train import loop
+
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    for step in (110, 120):  # As if the run had stopped after step 100.
+        shutil.rmtree(workdir / "checkpoints" / str(step))
+    save = checkpoint.Checkpointer.save
+
+    def disk_full_at_110(self, step, *args, **kwargs):
+        if step == 110:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.directory / "110"))
+        return save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", disk_full_at_110)
+    config = config_lib.load(SMOKE, [o.removeprefix("--config.") for o in LONG])
+    with pytest.raises(loop.WriteError, match="No space left on device; stopped, the checkpoint of step 100 is intact"):
+        loop.train(config, workdir)
+    monkeypatch.undo()
+    run_cli("train", "--config", SMOKE, "--workdir", str(workdir), *LONG)
+    _assert_same_as(workdir, uninterrupted)
