@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import SMOKE, image_folder, run_cli
 
 
@@ -54,6 +56,7 @@ def test_evaluate_without_checkpoint_is_clear(tmp_path):
     assert proc.returncode != 0 and "no checkpoint under" in proc.stderr
 
 
+@pytest.mark.slow  # ~77 s; cheaper: test_loop's streaming test and test_pipeline's bad-file tests.
 def test_streamed_training_skips_a_bad_file_and_bench_data(tmp_path):
     image_folder(tmp_path / "data", num=12, bad=(5,))
     data = [f"--config.data.{s}.{k}={v}" for s in ("train", "eval")

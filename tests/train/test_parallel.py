@@ -37,11 +37,13 @@ def test_eight_devices_match_one_device_step_by_step():
         assert diffs[key] < TOL, (key, diffs)
 
 
+@pytest.mark.slow  # ~60 s with its fixture; cheaper: test_eight_devices_match_one_device_step_by_step.
 def test_eight_device_cli_run_logs_the_same_losses(reference, tmp_path):
     run_cli("train", "--config", SMOKE, "--workdir", str(tmp_path), devices=8)
     np.testing.assert_allclose(_losses(tmp_path), _losses(reference), rtol=TOL)
 
 
+@pytest.mark.slow  # ~110 s with its fixture; cheaper: the 8-device step-by-step test and the launcher test.
 def test_two_processes_match_one_process_with_two_devices(reference, tmp_path):
     two_devices = tmp_path / "two_devices"
     run_cli("train", "--config", SMOKE, "--workdir", str(two_devices), devices=2)

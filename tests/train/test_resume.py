@@ -81,6 +81,7 @@ def test_sigkill_then_resume_is_bit_exact(uninterrupted, tmp_path):
     _assert_same_as(tmp_path, uninterrupted)
 
 
+@pytest.mark.slow  # ~46 s; cheaper: the SIGKILL, damaged-checkpoint and failed-write resumes.
 def test_sigterm_saves_before_exit_and_resumes(uninterrupted, tmp_path):
     proc = _start(tmp_path)
     _wait_for_checkpoint(tmp_path, proc, at_least=10)

@@ -5,6 +5,7 @@ import json
 import types
 
 import numpy as np
+import pytest
 
 from cxr_jax.cli import main
 from cxr_jax.methods.convirt import evaluate as convirt
@@ -51,6 +52,7 @@ def test_labelled_subset_is_seeded_stratified_and_nonempty_per_class():
     assert len(convirt.labelled_subset(labels, 1.0, seed=0)) == 100
 
 
+@pytest.mark.slow  # ~71 s; cheaper: the in-process probe and retrieval tests.
 def test_train_and_evaluate_from_the_cli(tmp_path, capsys):
     # In-process CLI calls (the subprocess tests elsewhere cover the entry point itself).
     assert main.main(["train", "--config", SMOKE, "--workdir", str(tmp_path),

@@ -20,6 +20,7 @@ from tests.conftest import ROOT, cli_env, data_spec, image_folder
 SMOKE = f"{ROOT / 'configs' / 'convirt.py'}:smoke"
 
 
+@pytest.mark.slow  # ~95 s; cheaper: test_losses' 8-device global batch and the cached-vs-plain jaxpr test.
 def test_eight_devices_and_gradient_caching_give_the_same_gradients():
     overrides = ["batch_size=16", "model.learn_temperature=True"]  # τ's gradient takes its own path when cached.
     proc = subprocess.run([sys.executable, "-m", "tests.methods.convirt.devices", SMOKE, *overrides], cwd=ROOT,

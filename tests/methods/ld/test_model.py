@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cxr_jax.methods.ld import model as ld_model
 
@@ -55,6 +56,7 @@ def test_parameter_count_matches_the_official_decoder_and_branches():
     assert sum(x.size for x in jax.tree.leaves(variables["params"])) == want
 
 
+@pytest.mark.slow  # ~43 s; cheaper: DGM's remat test on the same mechanism.
 def test_remat_keeps_the_parameter_names_and_the_gradients():
     kw = dict(embed_dim=6, num_clusters=5, layers=(4, "M", 8, "M", 8), widths=((8, 4), ()))
     plain, remat = ld_model.LDNet(**kw), ld_model.LDNet(**kw, remat=True)

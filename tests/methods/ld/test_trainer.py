@@ -105,6 +105,7 @@ def test_bad_sizes_are_config_errors():
         ld.LD(config_lib.load(SMOKE, ["loss.grid=5"]))
 
 
+@pytest.mark.slow  # ~38 s; cheaper: test_model's remat test.
 def test_remat_shrinks_the_compiled_step():
     """`model.remat` recomputes conv blocks in the backward pass (more FLOPs) and stores fewer activations."""
     plans = {remat: bench.run(config_lib.load(SMOKE, [f"model.remat={remat}"]),
