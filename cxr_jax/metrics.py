@@ -62,7 +62,7 @@ class MetricWriter:
         """Appends an evaluation's metrics to `eval/history.jsonl` (non-finite as null) and TensorBoard `eval/`."""
         if not self.enabled:
             return
-        record = {"step": step, **{k: float(v) if math.isfinite(v) else None for k, v in metrics.items()}}
+        record = {"step": step, **finite_or_none(metrics)}
         self.eval_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.eval_path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -94,6 +94,11 @@ class MetricWriter:
             self._tb.close()
         if self._bar is not None:
             self._bar.close()
+
+
+def finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
+    """NaN and infinities as None, so the dict is strict JSON (metrics.json, history.jsonl, checkpoints)."""
+    return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
 
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], *, gap: int = 2, min_side: int = 64) -> np.ndarray:

@@ -8,7 +8,6 @@ Commands and evaluators that work on a run directory (`evaluate`, `decompose`, `
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 from collections.abc import Callable
 
@@ -16,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cxr_jax import checkpoint, parallel, registry
+from cxr_jax import checkpoint, metrics, parallel, registry
 from cxr_jax import config as config_lib
 from cxr_jax.data import pipeline
 from cxr_jax.train.method import Method
@@ -105,12 +104,16 @@ def _jit(method: Method, fn: Callable, mesh):
     Other callables (e.g. a `functools.partial` holding a template's keys) compile per call: caching them
     globally would keep every one, and the arrays it holds, alive.
     """
-    jitted = jax.jit(fn, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-                     out_shardings=parallel.replicated(mesh))
+    def compile_():
+        return jax.jit(fn, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+                       out_shardings=parallel.replicated(mesh))
+
     if getattr(fn, "__self__", None) is not method:
-        return jitted
-    cache = vars(method).setdefault("_jitted", {})
-    return cache.setdefault((fn.__func__, mesh), jitted)
+        return compile_()
+    cache, key = vars(method).setdefault("_jitted", {}), (fn.__func__, mesh)
+    if key not in cache:
+        cache[key] = compile_()
+    return cache[key]
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
@@ -122,10 +125,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     outdir.mkdir(parents=True, exist_ok=True)
     result = {"step": float(step), **method.evaluate(state, mesh, outdir)}
     if jax.process_index() == 0:
-        (outdir / "metrics.json").write_text(json.dumps(finite_or_none(result), indent=2, sort_keys=True) + "\n")
+        clean = metrics.finite_or_none(result)
+        (outdir / "metrics.json").write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
     return result
 
-
-def finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
-    """NaN and infinities as None, so the dict is strict JSON."""
-    return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}

@@ -10,14 +10,13 @@ Figures the evaluator draws go to `W/eval/`, overwritten by each evaluation.
 
 from __future__ import annotations
 
-import math
 import pathlib
 
 import jax
 import ml_collections
 
 from cxr_jax.config import ConfigError
-from cxr_jax.metrics import MetricWriter
+from cxr_jax.metrics import MetricWriter, finite_or_none
 from cxr_jax.train.method import Method
 
 
@@ -30,11 +29,10 @@ class PeriodicEvaluation:
         self.best_metric = config.eval.best_metric
         self.method, self.mesh, self.writer = method, mesh, writer
         self.outdir = pathlib.Path(workdir) / "eval"
-        self._last_step: int | None = None
 
     def due(self, step: int) -> bool:
-        """Whether `step` is an evaluation step (a multiple of `eval.every`) not evaluated yet."""
-        return self.every > 0 and step % self.every == 0 and step != self._last_step
+        """Whether `step` is an evaluation step (a multiple of `eval.every`)."""
+        return self.every > 0 and step % self.every == 0
 
     def __call__(self, step: int, state) -> dict[str, float | None]:
         """Evaluates `state` (the state after `step`) on every host; the lead host records it.
@@ -52,5 +50,4 @@ class PeriodicEvaluation:
         image = self.method.samples(state, self.mesh)
         if image is not None:
             self.writer.write_samples(step, image)
-        self._last_step = step
-        return {k: v if math.isfinite(v) else None for k, v in metrics.items()}
+        return finite_or_none(metrics)

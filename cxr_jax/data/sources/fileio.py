@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -268,7 +269,7 @@ def header_size(path: pathlib.Path) -> tuple[int, int]:
     """(height, width) of an image file from its header alone (for coordinates when pixels are streamed)."""
     path = pathlib.Path(path)
     _require_file(path)
-    try:
+    with _image_errors(path, "cannot read the image header"):
         if _is_dicom(path):
             import pydicom
 
@@ -277,12 +278,6 @@ def header_size(path: pathlib.Path) -> tuple[int, int]:
         else:
             with Image.open(path) as im:
                 size = im.height, im.width
-    except DataError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"{path}: too large to be a radiograph ({e})") from e
-    except Exception as e:  # PIL and pydicom raise several types for unreadable headers.
-        raise DataError(f"{path}: cannot read the image header ({e})") from e
     _check_pixels(path, *size)
     return size
 
@@ -328,16 +323,22 @@ def decode(path: pathlib.Path) -> np.ndarray:
     _require_file(path)
     if _is_dicom(path):
         return _decode_dicom(path)
+    with _image_errors(path, "cannot decode image"), Image.open(path) as im:
+        _check_pixels(path, im.height, im.width)
+        return _gray8(path, im)
+
+
+@contextlib.contextmanager
+def _image_errors(path: pathlib.Path, what: str):
+    """PIL's and pydicom's many exception types for unreadable or oversized files as DataErrors naming `path`."""
     try:
-        with Image.open(path) as im:
-            _check_pixels(path, im.height, im.width)
-            return _gray8(path, im)
+        yield
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{path}: too large to be a radiograph ({e})") from e
-    except Exception as e:  # PIL raises several types for corrupt or truncated files.
-        raise DataError(f"{path}: cannot decode image ({e})") from e
+    except Exception as e:
+        raise DataError(f"{path}: {what} ({e})") from e
 
 
 def _gray8(path: pathlib.Path, im: Image.Image) -> np.ndarray:
