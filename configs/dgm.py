@@ -59,7 +59,10 @@ def _base() -> ml_collections.ConfigDict:
     c.saliency = ml_collections.ConfigDict()  # Residue → salient regions (cxr_jax/methods/dgm/saliency.py).
     c.saliency.threshold = "otsu"  # otsu | percentile, computed over the pixels inside the lung boxes.
     c.saliency.percentile = 95.0  # For threshold=percentile.
+    c.saliency.source = "residue"  # residue: r = D_F(E_F(z)), the paper's | difference: z − y′.
     c.saliency.polarity = "abs"  # abs | positive (added intensity, e.g. opacities) | negative.
+    c.saliency.smooth_sigma = 0.0  # Gaussian smoothing of the map before scoring, in model pixels; 0: none.
+    c.saliency.pointing_margin = 10 / 512  # `pointing_accuracy`: hits within the lesion radius + this × size.
     c.saliency.min_area = 4  # Components with fewer pixels are dropped.
     c.saliency.image_top_fraction = 0.05  # An image's score: the mean of its top 5 % pixel scores in the lungs.
     c.saliency.lung_segmenter = None  # A segment run (configs/segment.py:lungs) for sets without lung masks.

@@ -41,7 +41,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, image
     records = []
     for i, (file, orig_size, mask) in enumerate(zip(files, orig_sizes, masks)):
         boxes = saliency.lung_boxes(mask) if mask is not None else []
-        found = pictures.find(config, outputs["residue"][i], boxes)
+        found = pictures.find(config, pictures.anomaly_map(config, outputs)[i], boxes)
         record = _record(file, orig_size, size, boxes, found, workdir, step)
         write_outputs(out / file.stem, pixels[i, ..., 0], outputs["normal"][i], outputs["residue"][i], found, boxes)
         (out / f"{file.stem}.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -1,11 +1,14 @@
 """DGM evaluation: does the residue find disease?
 
-From the eval split's residue maps r (scores |r| by default, `saliency.polarity`):
+From the eval split's residue maps r (scores |r| by default; `saliency.source`, `.polarity`, `.smooth_sigma`):
   image_auc    normal vs abnormal from each image's score: the mean of its top `saliency.image_top_fraction`
                pixel scores inside the lungs (the data's lung mask, else the `saliency.lung_segmenter` run's,
                else the whole image); `image_auc_ci_low/high` its 95 % interval from a patient bootstrap
   pixel_auroc, pixel_ap   every pixel of the images with lesion masks (normal images: all negative)
   best_dice    the best Dice over one global threshold of the pixel scores (= the best F1 of the pixels)
+  pointing_accuracy  fraction of lesion images whose highest score inside the lungs lies within the lesion
+               (its radius + `saliency.pointing_margin` × image size; jsrt: + 10 px at 512), beside
+               `pointing_chance`, the same for a uniformly random lung pixel
   hit_rate     fraction of lesions (box centres: `nodule_x`/`nodule_y` for jsrt) inside the box of a
                component of the saliency pipeline (`methods.dgm.saliency`), over the images that have one;
                `hit_rate_chance` is the fraction of lung pixels those boxes cover (a random guess's hit rate)
@@ -27,7 +30,7 @@ from sklearn import metrics as skm  # noqa: E402
 
 from cxr_jax import runs, stats  # noqa: E402
 from cxr_jax.data import sources  # noqa: E402
-from cxr_jax.methods.dgm import saliency  # noqa: E402
+from cxr_jax.methods.dgm import pictures, saliency  # noqa: E402
 from cxr_jax.methods.segment import segmenter as segment  # noqa: E402
 
 
@@ -46,10 +49,11 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
                   np.stack([sources.read_gray(f, config.image_size)[0] for f in data["file"][keep][rows]]))
         picked["mask_lungs"] = segment.Segmenter(config.saliency.lung_segmenter).lungs(images)
     groups = data["patient"][keep][rows] if "patient" in data else np.arange(len(rows))
-    result, scored = anomaly_metrics(outputs["residue"][..., 0], picked, config.saliency)
+    result, scored = anomaly_metrics(pictures.anomaly_map(config, outputs)[..., 0], picked, config.saliency)
     result.update(_auc_interval(picked["label"], scored["image_scores"], groups, config.bootstrap))
     if "ae_residue" in outputs:  # The baseline's reconstruction error, scored the same way.
-        ae_result, ae_scored = anomaly_metrics(outputs["ae_residue"][..., 0], picked, config.saliency)
+        ae_map = pictures.anomaly_map(config, outputs, ae=True)[..., 0]
+        ae_result, ae_scored = anomaly_metrics(ae_map, picked, config.saliency)
         ae_result.update(_auc_interval(picked["label"], ae_scored["image_scores"], groups, config.bootstrap))
         result.update({f"ae_{k}": v for k, v in ae_result.items() if not k.startswith("num_")})
     if "image" in picked:
@@ -63,7 +67,7 @@ def anomaly_metrics(maps: np.ndarray, data: dict[str, np.ndarray], cfg) -> tuple
     `data` holds `label` [N] and, where the set has them, `mask_lesion` [N, H, W], `mask_lungs` [N, H, W] and
     lesion boxes `box` [N, 4] (NaN where absent). Returns the metrics and, per image, its score and saliency.
     """
-    scores = np.stack([saliency.score_map(m, cfg.polarity) for m in maps])
+    scores = np.stack([saliency.score_map(m, cfg.polarity, cfg.smooth_sigma) for m in maps])
     lungs = data.get("mask_lungs")
     regions = lungs > 0 if lungs is not None else np.ones(scores.shape, bool)
     regions = np.where(regions.any(axis=(1, 2), keepdims=True), regions, True)  # An empty mask: the whole image.
@@ -80,8 +84,9 @@ def anomaly_metrics(maps: np.ndarray, data: dict[str, np.ndarray], cfg) -> tuple
         result["best_dice"] = float(np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12)))
     boxes = [saliency.lung_boxes(lung) for lung in lungs] if lungs is not None else [[]] * len(maps)
     found = [saliency.saliency(m, b, method=cfg.threshold, percentile=cfg.percentile, polarity=cfg.polarity,
-                               min_area=cfg.min_area) for m, b in zip(maps, boxes)]
+                               min_area=cfg.min_area, sigma=cfg.smooth_sigma) for m, b in zip(maps, boxes)]
     if "box" in data:
+        result.update(pointing(scores, regions, data["box"], margin=cfg.pointing_margin * scores.shape[-1]))
         hits = [any(c.contains((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for c in f["components"])
                 for b, f in zip(data["box"], found) if np.isfinite(b).all()]
         if hits:
@@ -93,6 +98,29 @@ def anomaly_metrics(maps: np.ndarray, data: dict[str, np.ndarray], cfg) -> tuple
             result["hit_rate_chance"] = float(np.mean(covered))
     result["components_per_image"] = float(np.mean([len(f["components"]) for f in found]))
     return result, {"image_scores": image_scores, "saliency": found}
+
+
+def pointing(scores: np.ndarray, regions: np.ndarray, boxes: np.ndarray, *, margin: float) -> dict[str, float]:
+    """Whether each lesion image's highest score in the lungs lands on its lesion, beside a random lung pixel.
+
+    A lesion is the disc at its box's centre with radius half the box's longer side + `margin` pixels (jsrt's
+    boxes are its nodules' diameters). `pointing_accuracy`: the fraction of images with a lesion box whose
+    arg-max inside `regions` lies in the disc; `pointing_chance`: the mean fraction of the region's pixels in
+    the disc, the accuracy of pointing at a uniformly random lung pixel. Empty dict without lesion boxes.
+    """
+    hits, chance = [], []
+    ys, xs = np.mgrid[:scores.shape[1], :scores.shape[2]] + 0.5  # Pixel centres, in the boxes' edge coordinates.
+    for score, region, box in zip(scores, regions, boxes):
+        if not np.isfinite(box).all():
+            continue
+        radius = max(box[2] - box[0], box[3] - box[1]) / 2 + margin
+        disc = (xs - (box[0] + box[2]) / 2) ** 2 + (ys - (box[1] + box[3]) / 2) ** 2 <= radius**2
+        inside = np.where(region, score, -np.inf)
+        hits.append(disc.flat[np.argmax(inside)])
+        chance.append(disc[region].mean())
+    if not hits:
+        return {}
+    return {"pointing_accuracy": float(np.mean(hits)), "pointing_chance": float(np.mean(chance))}
 
 
 def _auc_interval(labels, image_scores, groups, cfg) -> dict[str, float]:

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cxr_jax import runs
+from cxr_jax.config import ConfigError
 from cxr_jax.methods.dgm import saliency
 from cxr_jax.metrics import image_grid
 
@@ -53,7 +54,20 @@ def find(config, residue: np.ndarray, boxes) -> dict:
     """`saliency.saliency` of one residue [H, W, 1] inside `boxes` with the config's `saliency.*` settings."""
     c = config.saliency
     return saliency.saliency(residue, boxes, method=c.threshold, percentile=c.percentile, polarity=c.polarity,
-                             min_area=c.min_area)
+                             min_area=c.min_area, sigma=c.smooth_sigma)
+
+
+def anomaly_map(config, outputs: dict, ae: bool = False) -> np.ndarray:
+    """The map saliency is computed from: `saliency.source` ('residue': r, 'difference': z − y′) of `outputs`.
+
+    With `ae`, the baseline's error z − AE(z) (`outputs['ae_residue']`) instead.
+    """
+    if ae:
+        return outputs["ae_residue"]
+    source = config.saliency.source
+    if source not in saliency.SOURCES:
+        raise ConfigError(f"saliency.source={source!r}; expected one of {saliency.SOURCES}")
+    return outputs[source]
 
 
 def samples(method, state, mesh) -> np.ndarray:
@@ -68,7 +82,7 @@ def samples(method, state, mesh) -> np.ndarray:
     rows = []
     for i, image in enumerate(data["image"][..., 0]):
         boxes = saliency.lung_boxes(data["mask_lungs"][i]) if "mask_lungs" in data else []
-        found = find(method.config, outputs["residue"][i], boxes)
+        found = find(method.config, anomaly_map(method.config, outputs)[i], boxes)
         rows.append([image, gray(outputs["normal"][i]), residue_rgb(outputs["residue"][i]),
                      saliency_overlay(image, found, boxes)])
     return image_grid(rows)

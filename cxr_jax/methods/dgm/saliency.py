@@ -2,7 +2,7 @@
 
 As in Tang et al. (2021), the residue r = D_F(E_F(z)) is what the model had to add to the synthesised normal
 image to get the input back, so its magnitude marks disease. The pipeline, on host NumPy arrays:
-  1. a score map from r (`polarity`: |r|, or only added or removed intensity);
+  1. a score map from r (`polarity`: |r|, or only added or removed intensity; optionally Gaussian-smoothed);
   2. an adaptive threshold on the scores inside the lung boxes: Otsu's (maximum between-class variance) or a
      percentile, so each image gets its own cut-off;
   3. connected components (8-connected) of the pixels above it inside the lung boxes, smaller ones than
@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 POLARITIES = ("abs", "positive", "negative")
+SOURCES = ("residue", "difference")  # r, or z − y′ (the input minus the synthesised normal).
 THRESHOLDS = ("otsu", "percentile")
 
 
@@ -41,9 +42,15 @@ class Component:
         return dataclasses.asdict(self)
 
 
-def score_map(residue: np.ndarray, polarity: str = "abs") -> np.ndarray:
-    """[H, W] scores ≥ 0 from a residue map: |r|, max(r, 0) (added intensity) or max(−r, 0)."""
+def score_map(residue: np.ndarray, polarity: str = "abs", sigma: float = 0.0) -> np.ndarray:
+    """[H, W] scores ≥ 0 from a residue map: |r|, max(r, 0) (added intensity) or max(−r, 0).
+
+    `sigma` > 0 first smooths the residue with a Gaussian of that many pixels, so that isolated pixels of
+    reconstruction noise count less than a lesion's coherent blob.
+    """
     r = np.asarray(residue, np.float64).squeeze()
+    if sigma > 0:
+        r = ndimage.gaussian_filter(r, sigma, mode="nearest")
     if polarity == "abs":
         return np.abs(r)
     if polarity == "positive":
@@ -130,13 +137,13 @@ def components(binary: np.ndarray, scores: np.ndarray, *, min_area: int = 1) -> 
 
 
 def saliency(residue: np.ndarray, boxes, *, method: str = "otsu", percentile: float = 95.0,
-             polarity: str = "abs", min_area: int = 1) -> dict:
+             polarity: str = "abs", min_area: int = 1, sigma: float = 0.0) -> dict:
     """The whole pipeline for one residue map [H, W] (or [H, W, 1]) and its lung boxes.
 
     Returns {'scores': [H, W], 'threshold': float, 'binary': [H, W] bool (kept components only),
     'components': [Component]}. With no boxes the whole image counts as lung.
     """
-    scores = score_map(residue, polarity)
+    scores = score_map(residue, polarity, sigma)
     region = box_mask(boxes, scores.shape) if len(boxes) else np.ones(scores.shape, bool)
     cut = threshold(scores, region, method=method, percentile=percentile)
     binary, found = components((scores > cut) & region, scores, min_area=min_area)

@@ -23,7 +23,7 @@ import optax
 
 from cxr_jax.config import ConfigError
 from cxr_jax.data import augment, sources
-from cxr_jax.methods.dgm import losses
+from cxr_jax.methods.dgm import losses, saliency
 from cxr_jax.methods.dgm import model as models
 from cxr_jax.train import state as state_lib
 from cxr_jax.train.method import Method
@@ -53,6 +53,8 @@ class DGM(Method):
         networks = ("g", "d", "ae") if ae.enabled else ("g", "d")
         self.tx = {name: _adam(config.optim, self.schedule) for name in networks}
         self.batch_composition = normal_composition(config.batch_size, config.data.normal_fraction)
+        if config.saliency.source not in saliency.SOURCES:
+            raise ConfigError(f"saliency.source={config.saliency.source!r}; expected one of {saliency.SOURCES}")
 
     # --- Data ------------------------------------------------------------------------------------------------
 
@@ -152,9 +154,13 @@ class DGM(Method):
         return state.model_state.get("ema", state.params["g"])
 
     def decompose(self, state: state_lib.TrainState, batch) -> dict[str, jax.Array]:
-        """{'normal': y′, 'residue': r} of `batch['image']` [B, H, W, 1] in [-1, 1]."""
-        return self.generator.apply({"params": self.generator_params(state)}, batch["image"],
-                                    method=models.Generator.decompose)
+        """{'normal': y′, 'residue': r, 'difference': z − y′} of `batch['image']` [B, H, W, 1] in [-1, 1].
+
+        r is the paper's residue; z − y′ is what the synthesised normal misses, equal to r where ℓ_R¹ is met.
+        """
+        out = self.generator.apply({"params": self.generator_params(state)}, batch["image"],
+                                   method=models.Generator.decompose)
+        return {**out, "difference": batch["image"].astype(jnp.float32) - out["normal"]}
 
     def anomaly_maps(self, state: state_lib.TrainState, batch) -> dict[str, jax.Array]:
         """`decompose`'s outputs and, with the baseline, 'ae_residue' = z − AE(z) (signed like r), in one pass."""

@@ -14,7 +14,7 @@ from tests.conftest import ROOT, event_tags
 
 SMOKE = f"{ROOT / 'configs' / 'dgm.py'}:smoke"
 CFG = ml_collections.ConfigDict(dict(threshold="otsu", percentile=95.0, polarity="abs", min_area=1,
-                                     image_top_fraction=0.05))
+                                     image_top_fraction=0.05, smooth_sigma=0.0, pointing_margin=0.0))
 
 
 def _planted(n=6, size=16, seed=0):
@@ -40,6 +40,32 @@ def test_perfect_maps_score_one_everywhere():
         assert result[key] == pytest.approx(1.0), key
     assert result["num_lesions"] == 3
     assert result["hit_rate_chance"] == pytest.approx(9 / 144)  # Each 3×3 lesion box in 144 lung pixels.
+    assert result["pointing_accuracy"] == 1.0
+    # Disc of radius 1.5 at the 3×3 box's centre: the 9 pixel centres at distance ≤ 1.414 (corners in).
+    assert result["pointing_chance"] == pytest.approx(9 / 144)
+
+
+def test_pointing_matches_a_loop_over_pixels_and_smoothing_keeps_blobs():
+    data = _planted(n=8, seed=3)
+    rng = np.random.default_rng(4)
+    maps = rng.normal(0, 0.3, data["mask_lesion"].shape) + 0.6 * data["mask_lesion"]
+    cfg = ml_collections.ConfigDict({**CFG.to_dict(), "pointing_margin": 1 / 16})  # 1 px at 16 px.
+    result, _ = dgm_eval.anomaly_metrics(maps, data, cfg)
+    hits, chance = [], []
+    for m, lungs, box in zip(np.abs(maps), data["mask_lungs"], data["box"]):
+        if np.isnan(box).any():
+            continue
+        cx, cy, radius = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, 1.5 + 1.0
+        inside = [(m[y, x], y, x) for y in range(16) for x in range(16) if lungs[y, x]]
+        _, y, x = max(inside)
+        hits.append((x + 0.5 - cx) ** 2 + (y + 0.5 - cy) ** 2 <= radius**2)
+        disc = [(x + 0.5 - cx) ** 2 + (y + 0.5 - cy) ** 2 <= radius**2 for _, y, x in inside]
+        chance.append(np.mean(disc))
+    assert result["pointing_accuracy"] == pytest.approx(np.mean(hits))
+    assert result["pointing_chance"] == pytest.approx(np.mean(chance))
+    # Smoothing averages the noise away and keeps the 3×3 blobs: pixel AUROC rises.
+    smooth = ml_collections.ConfigDict({**cfg.to_dict(), "smooth_sigma": 1.0})
+    assert dgm_eval.anomaly_metrics(maps, data, smooth)[0]["pixel_auroc"] > result["pixel_auroc"]
 
 
 def test_noisy_maps_match_brute_force_numpy():
