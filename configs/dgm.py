@@ -43,6 +43,7 @@ def _base() -> ml_collections.ConfigDict:
     c.model.ae = ml_collections.ConfigDict(dict(enabled=True, dim=32, n_down=3, latent=128))
 
     c.loss = ml_collections.ConfigDict(dict(adversarial=10.0, reconstruction=10.0, tv=1.0))  # λ_A, λ_R, λ_TV.
+    c.loss.residue_normal_scale = 1.0  # ℓ_R³'s weight is λ_R × this (the paper: 1; other values for ablations).
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-4
@@ -51,6 +52,7 @@ def _base() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 1e-4  # PyTorch-style L2 (added to the gradient), as MUNIT.
     c.optim.decay_every = 0  # Halve the rate every this many steps (MUNIT's step policy); 0: constant rate.
     c.optim.decay_rate = 0.5
+    c.optim.d_lr_scale = 1.0  # The discriminator's rate is the generator's × this (MUNIT and the paper: 1).
     c.optim.ema_decay = 0.0  # Generator EMA kept in the state and used for inference; 0: none.
 
     c.augment = ml_collections.ConfigDict()

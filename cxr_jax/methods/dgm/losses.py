@@ -83,7 +83,8 @@ def total_variation(*, images: jax.Array) -> jax.Array:
 
 def generator_loss(*, image: jax.Array, normal: jax.Array, residue: jax.Array, recon: jax.Array,
                    fake_scores: Sequence[jax.Array], is_normal: jax.Array, adversarial_weight: float,
-                   reconstruction_weight: float, tv_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+                   reconstruction_weight: float, tv_weight: float,
+                   residue_weight: float | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L_G and its terms.
 
     Args:
@@ -96,6 +97,7 @@ def generator_loss(*, image: jax.Array, normal: jax.Array, residue: jax.Array, r
       adversarial_weight: λ_A.
       reconstruction_weight: λ_R.
       tv_weight: λ_TV.
+      residue_weight: the weight of ℓ_R³; None: λ_R, as in the paper (a separate weight is for ablations).
 
     Returns:
       (L_G, {'adversarial', 'recon_sum', 'recon_joint', 'residue_normal', 'tv'}).
@@ -107,7 +109,8 @@ def generator_loss(*, image: jax.Array, normal: jax.Array, residue: jax.Array, r
         "residue_normal": residue_on_normals(residue=residue, is_normal=is_normal),
         "tv": total_variation(images=normal),
     }
+    residue_weight = reconstruction_weight if residue_weight is None else residue_weight
     total = (adversarial_weight * terms["adversarial"]
-             + reconstruction_weight * (terms["recon_sum"] + terms["recon_joint"] + terms["residue_normal"])
-             + tv_weight * terms["tv"])
+             + reconstruction_weight * (terms["recon_sum"] + terms["recon_joint"])
+             + residue_weight * terms["residue_normal"] + tv_weight * terms["tv"])
     return total, terms

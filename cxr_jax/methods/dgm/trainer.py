@@ -50,8 +50,10 @@ class DGM(Method):
         if ae.enabled and config.image_size % 2**ae.n_down:
             raise ConfigError(f"image_size={config.image_size} must be divisible by 2^model.ae.n_down")
         self.schedule = _schedule(config.optim)
-        networks = ("g", "d", "ae") if ae.enabled else ("g", "d")
-        self.tx = {name: _adam(config.optim, self.schedule) for name in networks}
+        d_schedule = lambda step: config.optim.d_lr_scale * self.schedule(step)  # noqa: E731
+        self.tx = {"g": _adam(config.optim, self.schedule), "d": _adam(config.optim, d_schedule)}
+        if ae.enabled:
+            self.tx["ae"] = _adam(config.optim, self.schedule)
         self.batch_composition = normal_composition(config.batch_size, config.data.normal_fraction)
         if config.saliency.source not in saliency.SOURCES:
             raise ConfigError(f"saliency.source={config.saliency.source!r}; expected one of {saliency.SOURCES}")
@@ -147,7 +149,7 @@ class DGM(Method):
         return losses.generator_loss(image=image, normal=out["normal"], residue=out["residue"],
                                      recon=out["recon"], fake_scores=fake_scores, is_normal=is_normal,
                                      adversarial_weight=w.adversarial, reconstruction_weight=w.reconstruction,
-                                     tv_weight=w.tv)
+                                     tv_weight=w.tv, residue_weight=w.reconstruction * w.residue_normal_scale)
 
     def generator_params(self, state: state_lib.TrainState):
         """The parameters inference uses: the EMA when it is kept, else the trained ones."""
