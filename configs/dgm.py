@@ -70,6 +70,7 @@ def _base() -> ml_collections.ConfigDict:
     c.saliency.lung_segmenter = None  # A segment run (configs/segment.py:lungs) for sets without lung masks.
 
     c.data.normal_fraction = 0.5  # Normal images in every training batch (the discriminator's reals).
+    c.data.extra_train = ml_collections.ConfigDict()  # More training sets (name → data spec), concatenated.
     c.data.train.num_examples = 1024
     c.data.eval.num_examples = 256
     c.eval.best_metric, c.eval.best_mode = "image_auc", "max"  # The residue's normal vs abnormal AUC.

@@ -61,10 +61,11 @@ class DGM(Method):
     # --- Data ------------------------------------------------------------------------------------------------
 
     def train_data(self):
-        """Labelled images, stratified normal (0) / abnormal (1), and the per-example preprocessing."""
-        spec = self.config.data.train
-        examples = sources.labelled_images(
+        """Labelled images of `data.train` and `data.extra_train`'s sets, stratified by label, and the preprocessing."""
+        specs = [self.config.data.train, *self.config.data.extra_train.values()]
+        examples = sources.concatenate([sources.labelled_images(
             sources.load(spec, image_size=self.config.image_size, seed=self.config.seed), spec.source)
+            for spec in specs])
         return {**examples, "stratum": examples["label"]}, self.preprocess_train
 
     def preprocess_train(self, example):

@@ -41,6 +41,14 @@ def test_batches_hold_the_configured_normals(smoke):
         dgm.normal_composition(8, 0.0)
 
 
+def test_extra_training_sets_are_concatenated():
+    config = config_lib.load(SMOKE, ["data.train.num_examples=6"])
+    config.data.extra_train.more = config_lib.load(SMOKE).data.eval  # 32 phantom valid images.
+    examples, _ = dgm.DGM(config).train_data()
+    assert len(examples["image"]) == 6 + 32
+    np.testing.assert_array_equal(examples["stratum"], examples["label"])
+
+
 def _reference_grads(method, state, batch, lr):
     """The step written out plainly: D's SGD step, then G's gradient through the whole L_G, with new and old D."""
     z, is_normal = batch["image"], (batch["label"] == 0).astype(np.float32)
