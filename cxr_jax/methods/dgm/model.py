@@ -12,6 +12,29 @@ gives c_s. Three decoders read them:
 `MultiScaleDiscriminator` is MUNIT's LSGAN patch discriminator at 3 scales. Layer sizes, padding and
 initialisation follow MUNIT (github.com/NVlabs/MUNIT, `networks.py`): reflect padding, Kaiming-normal
 generator weights, N(0, 0.02) discriminator weights, zero biases.
+
+Parameters at MUNIT's defaults (dim 64, n_down 2, n_res 4, mlp_dim 256, 1 channel; discriminator dim 64,
+n_layers 4, 3 scales), checked against a PyTorch reference and closed-form arithmetic in
+tests/methods/dgm/test_torch_reference.py:
+
+  E_G, E_F        5,379,584 each    conv7 3,200 + conv4/2 131,200 + 524,544 + 4 res blocks × 1,180,160
+  D_G, D_F        5,748,353 each    4 res blocks 4,720,640 + conv5+LN 819,584 + 204,992 + conv7 3,137
+  D_J            25,218,817         decoder at 512 channels 22,981,889 + MLP 2,236,928 (256 → 256 → 256 → 8,192)
+  Generator      47,474,691
+  Discriminator   8,265,027         3 scales × 2,755,009 (1 → 64 → 128 → 256 → 512 → 1)
+
+Where the paper is silent, this code chose (the PyTorch reference mirrors these choices):
+D_G's residual blocks use instance norm (MUNIT's content-only decoder), D_F's none (`residue_res_norm`, like
+E_F, so the residue keeps its intensity); D_J decodes the channel concatenation [c_z, c_s], so it is twice
+D_G's width, and reads its AdaIN parameters (bias then scale per layer, MUNIT's order) from MUNIT's 3-layer MLP
+applied to c_s averaged over H, W, with no separate style encoder; instance norm always uses each image's own
+statistics (no running averages); the generator's Kaiming-normal init is Flax's truncated normal, of the same
+variance as MUNIT's untruncated one. In the losses (`losses.py`): norms are means, ℓ_TV is divided by the pixel
+count, the LSGAN terms carry ½ and are summed over scales, L_D is not weighted by λ_A (MUNIT weights its D loss
+by its GAN weight), ℓ_R³ is averaged over the whole batch with abnormal inputs counting 0, and L_D's fakes are
+the y′ of every input while its reals are the batch's normal images only. In training (`trainer.py`): every
+batch holds a fixed `data.normal_fraction` of normals (at least one), 8 images in the paper config; D steps
+first, then G against the updated D; Adam (0.5, 0.999) with PyTorch-style L2.
 """
 
 from __future__ import annotations
