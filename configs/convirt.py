@@ -44,7 +44,9 @@ def _base() -> ml_collections.ConfigDict:
     c.model.text_weights = None  # A Hugging Face BERT directory; its vocab.txt is used unless text.vocab_file.
 
     c.text = ml_collections.ConfigDict()
-    c.text.vocab_file = None  # A BERT-style vocab.txt; None: train a WordPiece vocabulary on `text.corpus`.
+    # A BERT-style vocab.txt; None: train a WordPiece vocabulary on `text.corpus`. A trained run keeps the one it
+    # used in W/vocab.txt, and evaluate, retrieve, a resume and init_from read it from there.
+    c.text.vocab_file = None
     c.text.vocab_size = 2000
     c.text.corpus = common.data_spec("phantom", "train")  # Report texts the vocabulary is trained on.
     c.text.corpus.num_examples = 2000

@@ -21,8 +21,21 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from cxr_jax.config import ConfigError
+
 BEST_MODES = ("max", "min")
 log = logging.getLogger(__name__)
+
+
+class MismatchError(ConfigError):
+    """An intact checkpoint holds another model than the config describes (a config change, not damage).
+
+    A ConfigError, so every command reports it in one line (exit 2) instead of Orbax's shape traceback.
+    """
+
+    def __init__(self, path: pathlib.Path, detail: str):
+        super().__init__(f"checkpoint {path} does not match this config's model and optimizer: "
+                         f"{' '.join(str(detail).split())}")
 
 
 class Checkpointer:
@@ -103,32 +116,41 @@ class Checkpointer:
         self._manager.save(step, args=args, metrics=(metrics or {}) if self._rank is not None else None, force=True)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """Restores into the structure, dtypes and shardings of `abstract_state` (ShapeDtypeStructs)."""
+        """Restores into the structure, dtypes and shardings of `abstract_state` (ShapeDtypeStructs).
+
+        Raises `MismatchError` if the checkpoint holds other paths, shapes or dtypes (checked before Orbax reads).
+        """
+        self._check_fits(step, abstract_state)
+        return self._restore(step, abstract_state)
+
+    def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         try:
             restored = self._manager.restore(step, args=args)
         except (ValueError, KeyError) as e:
-            raise ValueError(f"checkpoint {self.directory / str(step)} does not match this config's model "
-                             f"and optimizer: {e}") from e
+            raise MismatchError(self.directory / str(step), str(e)) from e
         return restored.state, restored.meta
+
+    def _check_fits(self, step: int, abstract_state: Any) -> None:
+        """Raises `MismatchError` naming the first differences if checkpoint `step` cannot hold `abstract_state`."""
+        mismatch = self._mismatch(step, abstract_state)
+        if mismatch:
+            raise MismatchError(self.directory / str(step), mismatch)
 
     def restore_newest(self, abstract_state: Any) -> tuple[Any, dict[str, Any], int] | None:
         """(state, meta, step) of the newest checkpoint that restores; None if there is none at all.
 
         A checkpoint whose files are damaged (truncated, deleted, garbled: a preempted VM, a flaky bucket) is
         moved aside to `STEP.corrupt`, never deleted, with a one-line warning, and the previous one is tried.
-        One that is intact but holds another model is an error (ValueError): that is a config change, not
+        One that is intact but holds another model is an error (`MismatchError`): that is a config change, not
         damage. Raises FileNotFoundError if checkpoints exist and none restores.
         """
         steps = sorted(self._manager.all_steps(), reverse=True)
         for step in steps:
-            mismatch = self._mismatch(step, abstract_state)  # Before Orbax tries (and logs its failures).
-            if mismatch:
-                raise ValueError(f"checkpoint {self.directory / str(step)} does not match this config's model "
-                                 f"and optimizer: {mismatch}")
+            self._check_fits(step, abstract_state)  # Before Orbax tries (and logs its failures).
             _quiet_failed_reads()
             try:
-                return (*self.restore(step, abstract_state), step)
+                return (*self._restore(step, abstract_state), step)
             except Exception as e:  # TensorStore raises bare Exceptions for unreadable data.
                 self._move_aside(step, e)
         if steps:

@@ -7,6 +7,7 @@ only, not DGM's, ConVIRT's or the evaluators' plotting libraries.
 from __future__ import annotations
 
 import importlib
+import pathlib
 
 import jax
 import ml_collections
@@ -31,6 +32,14 @@ def get(name: str) -> type[Method]:
     return getattr(importlib.import_module(module), cls)
 
 
-def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Method:
-    """The method object of `config.method` for `config` on `mesh`."""
-    return get(config.method)(config, mesh)
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None, *,
+          run: str | pathlib.Path | None = None) -> Method:
+    """The method object of `config.method` for `config` on `mesh`.
+
+    `run`: the run directory whose checkpoints the object will restore; it reads what the run wrote besides
+    them (`Method.read_run`) before anything else is asked of it.
+    """
+    method = get(config.method)(config, mesh)
+    if run is not None:
+        method.read_run(pathlib.Path(run))
+    return method

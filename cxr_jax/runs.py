@@ -36,9 +36,9 @@ def restore_run(workdir: str | pathlib.Path, method: str, *, needed: str, mesh, 
 
 def restore_method(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh, *,
                    which: str | int = "latest") -> tuple[Method, object, int]:
-    """The config's method object and the run's state and step at checkpoint `which`."""
+    """The config's method object, built for the run (`Method.read_run`), and its state and step at `which`."""
     parallel.check_batch_size(config.batch_size, mesh)
-    method = registry.build(config, mesh)
+    method = registry.build(config, mesh, run=workdir)
     blank = np.zeros((config.batch_size, config.image_size, config.image_size, 1), np.uint8)
     batch = next(pipeline.eval_batches({"image": blank}, batch_size=config.batch_size,
                                        preprocess=method.preprocess_eval))  # Only the shapes matter here.

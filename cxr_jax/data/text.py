@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import heapq
 import io
+import os
 import pathlib
 import re
 import unicodedata
@@ -93,8 +94,14 @@ class Tokenizer:
             raise DataError(f"{path}: {e}") from None
 
     def save(self, path: str | pathlib.Path) -> None:
-        """Writes vocab.txt in BERT's format."""
-        pathlib.Path(path).write_text("\n".join(self.vocab) + "\n", encoding="utf-8")
+        """Writes vocab.txt in BERT's format, atomically: a temporary file beside it is renamed into place."""
+        path = pathlib.Path(path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            partial.write_text("\n".join(self.vocab) + "\n", encoding="utf-8")
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def wordpiece(self, word: str) -> list[str]:
         """Greedy longest-match-first pieces of one word; `[UNK]` when it cannot be covered."""

@@ -1,10 +1,10 @@
 """The one training loop every method runs on.
 
 A method object (`train.method.Method`) supplies `train_data()`, `init(rng, batch)`, `train_step(state, batch)`
-and the optional hooks (`batch_composition`, `load_pretrained`, `samples`). The loop owns the rest: mesh,
-sharded init, the compiled and donated step, the input position, checkpoints, metrics, non-finite checks,
-SIGTERM, and evaluation every `eval.every` steps (`train.evaluation`). Metrics stay on device between log
-points; dispatch runs at most `MAX_IN_FLIGHT` steps ahead of compute.
+and the optional hooks (`batch_composition`, `load_pretrained`, `samples`, `read_run`, `write_run`). The loop
+owns the rest: mesh, sharded init, the compiled and donated step, the input position, checkpoints, metrics,
+non-finite checks, SIGTERM, and evaluation every `eval.every` steps (`train.evaluation`). Metrics stay on device
+between log points; dispatch runs at most `MAX_IN_FLIGHT` steps ahead of compute.
 """
 
 from __future__ import annotations
@@ -52,11 +52,14 @@ class Setup:
 
 
 def setup(config: ml_collections.ConfigDict, start_step: int = 0, *, mesh: jax.sharding.Mesh | None = None,
-          method: Method | None = None) -> Setup:
-    """Builds the method, mesh (default: all devices), input iterator and the jitted init and train step."""
+          method: Method | None = None, run: str | pathlib.Path | None = None) -> Setup:
+    """Builds the method, mesh (default: all devices), input iterator and the jitted init and train step.
+
+    `run`: the run directory whose checkpoint the state will be restored from (`registry.build`).
+    """
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    method = method or registry.build(config, mesh)
+    method = method or registry.build(config, mesh, run=run)
     examples, preprocess = method.train_data()
     batches = pipeline.train_iterator(examples, preprocess=preprocess, global_batch=config.batch_size,
                                       seed=config.seed, start_step=start_step, mesh=mesh,
@@ -96,9 +99,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tr
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                                    best_metric=config.eval.best_metric, best_mode=config.eval.best_mode)
     start_step = ckpt.latest_step() or 0
-    s = setup(config, start_step)
+    # The method reads what the run it restores wrote (`Method.read_run`): this one's on a resume, else init_from's.
+    s = setup(config, start_step, run=workdir if start_step else config.init_from)
     state, start_step, s = _initial_state(config, s, ckpt, start_step)
     if lead:  # Only once the state is there: a start that fails leaves the run's config as it was.
+        s.method.write_run(workdir)
         (workdir / "config.json").write_text(config_lib.to_json(config))
     t0 = time.perf_counter()
     step_fn = s.step_fn.lower(state, s.first_batch).compile()

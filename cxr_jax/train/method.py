@@ -3,6 +3,11 @@
 A method is a class built from `(config, mesh)` (`registry.build`). The loop calls `train_data`, `init`,
 `train_step` and the optional hooks (and, every `eval.every` steps, `evaluate` and `samples`); `runs` calls
 `preprocess_eval`, `predict` and `evaluate`.
+
+A run directory may hold more than the config and checkpoints: what the model's shapes depend on but the config
+does not fix (ConVIRT's vocabulary, trained on a corpus). `write_run` puts it there when training starts and
+`read_run` takes it back whenever a method object serves an existing run, so every later command builds the
+model the run was trained with.
 """
 
 from __future__ import annotations
@@ -54,6 +59,23 @@ class Method(abc.ABC):
     def predict(self, state: TrainState, batch: dict) -> Any:
         """The model's outputs for an evaluation batch (what `runs.predict` maps by default)."""
         raise NotImplementedError(f"{type(self).__name__} has no default prediction; pass `fn` to runs.predict")
+
+    def read_run(self, workdir: pathlib.Path) -> None:
+        """Optional hook: adopt what run `workdir` wrote with `write_run` (default: nothing to read).
+
+        Called once by `registry.build`, right after construction and before anything else, when the object
+        will restore that run's checkpoints: a resume, `init_from`'s source, `evaluate` and the commands on a run
+        (`runs.restore_method`). A file the run lacks (a run trained before the hook wrote it) is no error.
+        """
+        del workdir
+
+    def write_run(self, workdir: pathlib.Path) -> None:
+        """Optional hook: write what later commands need besides the config and checkpoints (default: nothing).
+
+        Called by the training loop on process 0 when a run starts or resumes, once its state is restored and
+        before any checkpoint is written. Write atomically: a file half written must never be seen.
+        """
+        del workdir
 
     def load_pretrained(self, state: TrainState) -> TrainState:
         """Optional hook: a fresh state with pretrained weights imported (default: unchanged)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,8 @@ from cxr_jax.models import bert, resnet
 from cxr_jax.train import state as state_lib
 from cxr_jax.train.method import Method
 
+VOCAB_FILE = "vocab.txt"  # The run's vocabulary, W/vocab.txt (`read_run`, `write_run`).
+
 
 class ConVIRT(Method):
     """Image–report contrastive pretraining of a ResNet and a BERT with Adam (PyTorch-style L2)."""
@@ -44,22 +47,59 @@ class ConVIRT(Method):
         if chunks and config.batch_size % (chunks * self.mesh.devices.size):
             raise ConfigError(f"batch_size={config.batch_size} must split into train.grad_cache_chunks={chunks} "
                               f"micro-batches of whole rows on each of {self.mesh.devices.size} devices")
-        m = config.model
-        text_cfg = config.text
-        if m.text_weights and not text_cfg.vocab_file:
-            text_cfg = ml_collections.ConfigDict({**text_cfg.to_dict(), "vocab_file": f"{m.text_weights}/vocab.txt"})
-        self.tokenizer = load_tokenizer(text_cfg, image_size=config.image_size, seed=config.seed)
-        dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
-        image_encoder, text_encoder, self.pretrained = _encoders(m, vocab_size=len(self.tokenizer.vocab), dtype=dtype)
-        self.model = convirt_model.ConVIRT(
-            image_encoder=image_encoder, text_encoder=text_encoder, embed_dim=m.embed_dim,
-            image_hidden_dim=m.image_hidden_dim, text_hidden_dim=m.text_hidden_dim, temperature_init=m.temperature,
-            learn_temperature=m.learn_temperature, head_batch_norm=m.head_batch_norm, dtype=dtype)
+        self.run_vocab: pathlib.Path | None = None  # The vocabulary of the run being restored (`read_run`).
         self.schedule = optax.warmup_cosine_decay_schedule(
             0.0, config.optim.learning_rate, config.optim.warmup_steps, config.train.num_steps)
         adam = optax.chain(optax.add_decayed_weights(config.optim.weight_decay), optax.adam(self.schedule))
         self.tx = {"model": optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()},
                                                   functools.partial(_labels, text_cfg=config.model.text))}
+
+    # --- The run's vocabulary ----------------------------------------------------------------------------------
+
+    def read_run(self, workdir: pathlib.Path) -> None:
+        """Takes the vocabulary from the run's `W/vocab.txt` (a run trained before it was written has none)."""
+        if "tokenizer" in vars(self):
+            raise RuntimeError("read_run must come before the tokenizer is used (registry.build calls it)")
+        path = workdir / VOCAB_FILE
+        self.run_vocab = path if path.is_file() else None
+
+    def write_run(self, workdir: pathlib.Path) -> None:
+        """Writes the tokenizer's vocabulary to `W/vocab.txt`: every later command on the run reads it."""
+        self.tokenizer.save(workdir / VOCAB_FILE)
+
+    @functools.cached_property
+    def tokenizer(self) -> text.Tokenizer:
+        """The run's vocabulary when restoring one (`read_run`), else the config's (`load_tokenizer`)."""
+        text_cfg, m = self.config.text, self.config.model
+        setting = "text.vocab_file"
+        if m.text_weights and not text_cfg.vocab_file:
+            text_cfg = ml_collections.ConfigDict({**text_cfg.to_dict(), "vocab_file": f"{m.text_weights}/vocab.txt"})
+            setting = "model.text_weights"
+        if self.run_vocab is not None:
+            return run_tokenizer(self.run_vocab, text_cfg.vocab_file, setting)
+        return load_tokenizer(text_cfg, image_size=self.config.image_size, seed=self.config.seed)
+
+    @functools.cached_property
+    def _towers(self) -> tuple[convirt_model.ConVIRT, dict]:
+        """The model, its text embeddings sized by the tokenizer, and any pretrained tower variables."""
+        m = self.config.model
+        dtype = jnp.bfloat16 if self.config.mixed_precision else jnp.float32
+        image_encoder, text_encoder, pretrained = _encoders(m, vocab_size=len(self.tokenizer.vocab), dtype=dtype)
+        model = convirt_model.ConVIRT(
+            image_encoder=image_encoder, text_encoder=text_encoder, embed_dim=m.embed_dim,
+            image_hidden_dim=m.image_hidden_dim, text_hidden_dim=m.text_hidden_dim, temperature_init=m.temperature,
+            learn_temperature=m.learn_temperature, head_batch_norm=m.head_batch_norm, dtype=dtype)
+        return model, pretrained
+
+    @property
+    def model(self) -> convirt_model.ConVIRT:
+        """The two towers and their projection heads (built on first use, after `read_run`)."""
+        return self._towers[0]
+
+    @property
+    def pretrained(self) -> dict:
+        """{tower: variables} imported from `model.image_weights` / `model.text_weights`."""
+        return self._towers[1]
 
     # --- Data ------------------------------------------------------------------------------------------------
 
@@ -218,6 +258,24 @@ def _encoders(m: ml_collections.ConfigDict, *, vocab_size: int, dtype):
                               f"the vocabulary has {vocab_size} tokens; use the directory's own vocab.txt")
         text_encoder = module
     return image_encoder, text_encoder, pretrained
+
+
+def run_tokenizer(run_vocab: pathlib.Path, vocab_file: str | None, setting: str = "text.vocab_file") -> text.Tokenizer:
+    """The vocabulary a run was trained with; a `vocab_file` the config asks for (by `setting`) must be it.
+
+    Without one, the run's wins over the config's `text.corpus` (the checkpoints' token embeddings are the run's).
+    """
+    stored = text.Tokenizer.from_file(run_vocab)
+    if vocab_file:
+        asked = text.Tokenizer.from_file(vocab_file)
+        if asked.vocab != stored.vocab:
+            size = len(asked.vocab)
+            what = f"{size} tokens" if size != len(stored.vocab) else f"{size} tokens, not all the same or in order"
+            hint = ("leave text.vocab_file unset to use the run's" if setting == "text.vocab_file"
+                    else "point model.text_weights at the weights the run started from")
+            raise ConfigError(f"{setting} asks for {vocab_file} ({what}) but the run was trained with {run_vocab} "
+                              f"({len(stored.vocab)} tokens); {hint}")
+    return stored
 
 
 def load_tokenizer(text_cfg: ml_collections.ConfigDict, *, image_size: int, seed: int) -> text.Tokenizer:
