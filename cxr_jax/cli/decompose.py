@@ -1,12 +1,20 @@
 """`cxr-jax decompose`: a trained DGM's synthesised normal, residue and saliency for any images.
 
-For each image NAME it writes, at the model's resolution (the image padded to a square and resized):
+The model sees each image padded to a square and resized (`fileio.read_images`); its maps are mapped back
+onto the input's own pixels (`fileio.from_square`: resized to the square's side, padding cropped off). For
+each image NAME (h × w) it writes:
   NAME_normal.png    the synthesised normal y′
-  NAME_residue.png   the residue r, signed (blue: removed intensity, red: added)
-  NAME_heatmap.png   the saliency scores, normalised to their maximum, over the input
-  NAME_saliency.png  the kept components (red) and their boxes (yellow), lung boxes (green), over the input
+  NAME_residue.png   the residue r, signed (blue: removed intensity, red: added), with a colour bar in gray
+                     levels of the 8-bit input
+  NAME_heatmap.png   the saliency scores, ÷ their maximum, over the input, with a colour bar
+  NAME_saliency.png  the kept components (red) and their boxes (yellow), lung boxes (green), over the input,
+                     with a legend
+  NAME_residue.npy   the raw signed residue r, float32 [h, w], in the model's units (the input's gray range
+                     is [-1, 1]: × 127.5 for gray levels)
   NAME.json          threshold, lung boxes and each component's box and score, in model pixels and in the
                      original image's pixels
+The PNGs are h × w pixels, enlarged by an integer factor where the longer side is under 256 px
+(`pictures.display_scale`); saliency is computed at the model's resolution, from `saliency.source`'s map.
 Lung boxes come from `lung_masks` or the configured segmenter (`methods.dgm.decompose.lung_masks_for`).
 """
 
@@ -38,12 +46,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, image
     outputs, _ = runs.predict(method, state, {"image": pixels}, mesh, fn=method.decompose)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    maps = pictures.anomaly_map(config, outputs)
     records = []
     for i, (file, orig_size, mask) in enumerate(zip(files, orig_sizes, masks)):
         boxes = saliency.lung_boxes(mask) if mask is not None else []
-        found = pictures.find(config, pictures.anomaly_map(config, outputs)[i], boxes)
+        found = pictures.find(config, maps[i], boxes)
         record = _record(file, orig_size, size, boxes, found, workdir, step)
-        write_outputs(out / file.stem, pixels[i, ..., 0], outputs["normal"][i], outputs["residue"][i], found, boxes)
+        # Decoded again rather than kept from `read_images`: one full-size image in memory at a time.
+        write_outputs(out / file.stem, fileio.decode(file), outputs["normal"][i], outputs["residue"][i], found,
+                      boxes)
         (out / f"{file.stem}.json").write_text(json.dumps(record, indent=2) + "\n")
         records.append(record)
     return records
@@ -62,10 +73,13 @@ def _record(file, orig_size, size: int, boxes, found: dict, workdir, step: int) 
     }
 
 
-def write_outputs(stem: pathlib.Path, image: np.ndarray, normal: np.ndarray, residue: np.ndarray, found: dict,
+def write_outputs(stem: pathlib.Path, original: np.ndarray, normal: np.ndarray, residue: np.ndarray, found: dict,
                   boxes) -> None:
-    """The four PNGs of one image (uint8 `image` [H, W]; `normal`, `residue` [H, W, 1] in [-1, 1])."""
-    Image.fromarray(pictures.gray(normal)).save(f"{stem}_normal.png")
-    Image.fromarray(pictures.residue_rgb(residue)).save(f"{stem}_residue.png")
-    Image.fromarray(pictures.heatmap(image, found)).save(f"{stem}_heatmap.png")
-    Image.fromarray(pictures.saliency_overlay(image, found, boxes)).save(f"{stem}_saliency.png")
+    """One image's four PNGs and residue array at its own size (see the module's docstring).
+
+    `original`: the decoded input, uint8 [h, w]; `normal`, `residue` [S, S, 1] in [-1, 1], `found` and lung
+    `boxes` at the model's resolution.
+    """
+    np.save(f"{stem}_residue.npy", fileio.from_square(residue[..., 0], original.shape))
+    for kind, picture in pictures.full_size(original, normal, residue, found, boxes).items():
+        Image.fromarray(picture).save(f"{stem}_{kind}.png")

@@ -134,7 +134,7 @@ def _decompose(args, config) -> int:
     for record in records:
         best = max((c["score"] for c in record["components"]), default=0.0)
         print(f"{len(record['components']):3d} regions  max score {best:.3f}  {record['image']}")
-    print(f"wrote {args.out}: normal, residue, heat-map and saliency PNGs and a JSON per image")
+    print(f"wrote {args.out}: normal, residue, heat-map and saliency PNGs, the residue as .npy and a JSON per image")
     return 0
 
 

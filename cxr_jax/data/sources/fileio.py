@@ -130,6 +130,22 @@ def to_square(array: np.ndarray, image_size: int, *, mask: bool = False) -> tupl
     return ((array > 127).astype(np.uint8) if mask else array), (h, w)
 
 
+def from_square(array: np.ndarray, orig_size: tuple[int, int], *, mask: bool = False) -> np.ndarray:
+    """The inverse of `to_square`: a square map [S, S] at the model's resolution on the original (h, w) grid.
+
+    The map is resized to the padded square's side (bilinear, as float32; masks: nearest neighbours, their
+    own dtype) and the padding cropped off, so pixel (x, y) of the result lies where `original_coords` puts it.
+    """
+    h, w = orig_size
+    side = max(h, w)
+    array = np.asarray(array) if mask else np.asarray(array, np.float32)
+    if array.shape[0] != side:
+        resample = Image.NEAREST if mask else Image.BILINEAR
+        array = np.asarray(Image.fromarray(array).resize((side, side), resample))
+    top, left = (side - h) // 2, (side - w) // 2
+    return array[top:top + h, left:left + w]
+
+
 def in_split(key: str, split: str) -> bool:
     """A deterministic split for layouts without one: ~VALID_FRACTION of keys are `valid`, the rest `train`."""
     if split == "all":

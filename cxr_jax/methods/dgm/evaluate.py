@@ -13,7 +13,9 @@ From the eval split's residue maps r (scores |r| by default; `saliency.source`, 
                component of the saliency pipeline (`methods.dgm.saliency`), over the images that have one;
                `hit_rate_chance` is the fraction of lung pixels those boxes cover (a random guess's hit rate)
 The same keys prefixed `ae_` score the baseline autoencoder's error z − AE(z) (`model.ae`), and
-`eval/cases.png`: input | synthesised normal | residue | saliency for the best and worst abnormal cases.
+`eval/cases.png`: input | synthesised normal | residue (or z − y′, by `saliency.source`) | saliency for the best
+and worst abnormal cases, with column titles, a colour bar and a legend of the boxes (lesion ground truth,
+predicted components, lungs).
 `anomaly_metrics` takes any anomaly maps, so a baseline's reconstruction error is scored the same way.
 """
 
@@ -21,17 +23,16 @@ from __future__ import annotations
 
 import pathlib
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn import metrics as skm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
+from cxr_jax import runs, stats
+from cxr_jax.data import sources
+from cxr_jax.methods.dgm import pictures, saliency
+from cxr_jax.methods.segment import segmenter as segment
 
-from cxr_jax import runs, stats  # noqa: E402
-from cxr_jax.data import sources  # noqa: E402
-from cxr_jax.methods.dgm import pictures, saliency  # noqa: E402
-from cxr_jax.methods.segment import segmenter as segment  # noqa: E402
+MAP_TITLES = {"residue": "residue r", "difference": "difference z − y′"}  # By `saliency.source`.
 
 
 def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
@@ -49,7 +50,8 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
                   np.stack([sources.read_gray(f, config.image_size)[0] for f in data["file"][keep][rows]]))
         picked["mask_lungs"] = segment.Segmenter(config.saliency.lung_segmenter).lungs(images)
     groups = data["patient"][keep][rows] if "patient" in data else np.arange(len(rows))
-    result, scored = anomaly_metrics(pictures.anomaly_map(config, outputs)[..., 0], picked, config.saliency)
+    maps = pictures.anomaly_map(config, outputs)[..., 0]
+    result, scored = anomaly_metrics(maps, picked, config.saliency)
     result.update(_auc_interval(picked["label"], scored["image_scores"], groups, config.bootstrap))
     if "ae_residue" in outputs:  # The baseline's reconstruction error, scored the same way.
         ae_map = pictures.anomaly_map(config, outputs, ae=True)[..., 0]
@@ -57,7 +59,8 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
         ae_result.update(_auc_interval(picked["label"], ae_scored["image_scores"], groups, config.bootstrap))
         result.update({f"ae_{k}": v for k, v in ae_result.items() if not k.startswith("num_")})
     if "image" in picked:
-        _plot_cases(picked, outputs, scored, outdir / "cases.png")
+        _plot_cases(picked, outputs["normal"][..., 0], maps, MAP_TITLES[config.saliency.source], scored,
+                    outdir / "cases.png")
     return result
 
 
@@ -138,27 +141,60 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(skm.roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
 
 
-def _plot_cases(data: dict, outputs: dict, scored: dict, path: pathlib.Path, per_side: int = 4) -> None:
-    """Rows: the abnormal images the score ranks highest (best) and lowest (worst)."""
+def _plot_cases(data: dict, normals: np.ndarray, maps: np.ndarray, map_title: str, scored: dict,
+                path: pathlib.Path, per_side: int = 4) -> None:
+    """Rows: the abnormal images the score ranks highest (best) and lowest (worst).
+
+    Columns: the input, the synthesised normal, the map saliency is computed from (`maps` [N, H, W], titled
+    `map_title`; one colour scale in gray levels, its bar under the column) and the kept components over the
+    input; the lesion's ground-truth box, the components' and the lungs' boxes are drawn on the last two and
+    named in the legend. Each panel is at least `pictures.MIN_SIDE` pixels wide.
+    """
     abnormal = np.flatnonzero(data["label"] == 1)
     if not len(abnormal):
         return
     order = abnormal[np.argsort(-scored["image_scores"][abnormal], kind="stable")]
-    picks = [("best", i) for i in order[:per_side]] + [("worst", i) for i in order[::-1][:per_side]]
-    fig, axes = plt.subplots(len(picks), 4, figsize=(8, 2.1 * len(picks)), squeeze=False)
-    for row, (kind, i) in zip(axes, picks):
+    picks = ([("best", rank, i) for rank, i in enumerate(order[:per_side], 1)]
+             + [("worst", rank, i) for rank, i in enumerate(order[::-1][:per_side], 1)])
+    shown = maps[[i for _, _, i in picks]] * pictures.GRAY_LEVELS
+    limit = float(max(1.0, np.ceil(np.percentile(np.abs(shown), 99.5))))
+    # The layout in inches at 100 dpi: panels of `size` (≥ MIN_SIDE px) with `gap`s, the row labels on the left,
+    # the title, legend and column titles on top, the colour bar under the map column.
+    size, gap, left, top, bottom = pictures.MIN_SIDE / 100 + 0.24, 0.1, 0.8, 1.1, 0.95
+    width, height = left + 4 * size + 3 * gap + 0.15, top + len(picks) * (size + gap) - gap + bottom
+    fig = Figure(figsize=(width, height), dpi=100)
+    axes = [[fig.add_axes(((left + c * (size + gap)) / width, 1 - (top + (r + 1) * size + r * gap) / height,
+                           size / width, size / height)) for c in range(4)] for r in range(len(picks))]
+    lungs_shown = truth_shown = False
+    for row, (kind, rank, i) in zip(axes, picks):
         found = scored["saliency"][i]
-        panels = [(data["image"][i, ..., 0] / 127.5 - 1, "gray", (-1, 1), f"{kind}: input"),
-                  (outputs["normal"][i, ..., 0], "gray", (-1, 1), "normal y′"),
-                  (outputs["residue"][i, ..., 0], "seismic", (-1, 1), "residue r"),
-                  (found["binary"].astype(float), "hot", (0, 1), f"saliency ({scored['image_scores'][i]:.3f})")]
-        for ax, (image, cmap, (lo, hi), title) in zip(row, panels):
-            ax.imshow(image, cmap=cmap, vmin=lo, vmax=hi)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-        if "box" in data and np.isfinite(data["box"][i]).all():
-            x0, y0, x1, y1 = data["box"][i]
-            row[3].add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1))
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+        lungs = saliency.lung_boxes(data["mask_lungs"][i]) if "mask_lungs" in data else []
+        truth = [data["box"][i]] if "box" in data and np.isfinite(data["box"][i]).all() else []
+        lungs_shown, truth_shown = lungs_shown or bool(lungs), truth_shown or bool(truth)
+        image = data["image"][i, ..., 0]
+        row[0].imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        row[1].imshow(normals[i], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        bar_source = row[2].imshow(maps[i] * pictures.GRAY_LEVELS, cmap="seismic", vmin=-limit, vmax=limit,
+                                   interpolation="nearest")
+        row[3].imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        row[3].imshow(pictures.tint(found["binary"]), interpolation="nearest")
+        pictures.draw_boxes(row[3], lungs, pictures.LUNG_COLOUR, 1.2)
+        pictures.draw_boxes(row[3], [c.box for c in found["components"]], pictures.COMPONENT_COLOUR, 1.2)
+        for ax in row[2:]:
+            pictures.draw_boxes(ax, truth, pictures.TRUTH_COLOUR, 1.5)
+        row[0].set_ylabel(f"{kind} {rank}\nscore {scored['image_scores'][i]:.3f}", fontsize=10)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(False)
+    titles = ("input z", "synthesised normal y′", map_title, "saliency over z")
+    for ax, title in zip(axes[0], titles):
+        ax.set_title(title, fontsize=11)
+    fig.suptitle("Abnormal eval images with the highest (best) and lowest (worst) image scores", fontsize=12,
+                 y=1 - 0.1 / height, va="top")
+    fig.legend(handles=pictures.legend_handles(lungs=lungs_shown, truth=truth_shown), loc="upper center",
+               bbox_to_anchor=(0.5, 1 - 0.4 / height), ncols=4, fontsize=10)
+    bar = fig.add_axes(((left + 2 * (size + gap)) / width, 0.6 / height, size / width, 0.15 / height))
+    fig.colorbar(bar_source, cax=bar, orientation="horizontal",
+                 label=f"{map_title}, gray levels\n(red: added, blue: removed)")
+    fig.savefig(path)
