@@ -131,7 +131,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tr
                 pending, last_flush, last_flush_step = [], now, step
             scores = None
             if evaluating:  # Before `state` is donated to the next step; step times leave the evaluation out.
-                scores, last_flush = evaluation(step, state), time.perf_counter()
+                scores, last_flush = _evaluate_or_save(evaluation, step, state, ckpt, config), time.perf_counter()
             if save:
                 ckpt.save(step, state, _meta(step, config), scores)
             if stopping:
@@ -145,6 +145,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tr
         writer.close()
         ckpt.close()
     return state
+
+
+def _evaluate_or_save(evaluation: PeriodicEvaluation, step: int, state, ckpt: checkpoint.Checkpointer, config):
+    """`evaluation(step, state)`; if it fails, the steps since the last checkpoint are saved before it re-raises.
+
+    A bad eval set or a bug in an evaluator then costs a rerun of the evaluation, not of the training.
+    """
+    try:
+        return evaluation(step, state)
+    except BaseException:
+        ckpt.save(step, state, _meta(step, config))
+        ckpt.wait()
+        raise
 
 
 class WriteError(RuntimeError):

@@ -68,6 +68,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step() == 4
 
 
+def test_a_failing_evaluation_keeps_the_steps_it_follows(tmp_path, monkeypatch):
+    def broken(self, state, mesh, outdir):
+        raise RuntimeError("evaluator bug")
+
+    monkeypatch.setattr(classifier.Classifier, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="evaluator bug"):  # Smoke checkpoints every 3 steps: none before 2.
+        _train(tmp_path, "eval.every=2")
+    assert checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step() == 2
+
+
 def test_init_from_starts_from_another_runs_params(tmp_path):
     source = _train(tmp_path / "source")
     # With a zero learning rate the params stay what init_from loaded.
