@@ -63,6 +63,9 @@ def data_spec(source: str, split: str) -> ml_collections.ConfigDict:
     spec.frontal_only = True  # Drop lateral views where a layout records the view.
     spec.on_error = "raise"  # A bad file or row: raise | skip (leave the example out, count, log).
     spec.stream = False  # Decode images in tf.data from their files instead of holding them.
+    # A TFDS data dir where `cxr-jax data prepare SOURCE --path DIR --data-dir D` built this source: its split is read
+    # from there (ArrayRecord, random access; the same arrays and input stream as from `path`). None: from `path`.
+    spec.tfds_data_dir = None
     return spec
 
 

@@ -14,7 +14,8 @@ A loader returns a dict of NumPy arrays sharing their leading length N. Keys, wh
   findings     int32 [N, F]        per-finding labels in the source's order (1, 0, -1 unknown)
   text         object [N]          report or note text (reports: "FINDINGS: … IMPRESSION: …")
   report_findings, report_impression   object [N]   the two report sections on their own
-  file         object [N]          the image file; with `data.*.stream` it replaces `image` (decoded in tf.data)
+  file         object [N]          the image file; with `data.*.stream` it replaces `image` (decoded in tf.data);
+                                   read from a prepared TFDS set (`data.*.tfds_data_dir`), a record reference
 Every loader reads its rows through `fileio.collect`, so `data.*.on_error` ('raise' | 'skip') and `data.*.stream`
 (keep `file`, decode in the pipeline) work the same for every source.
 """
@@ -33,9 +34,19 @@ __all__ = ["DataError", "SOURCES", "concatenate", "describe", "head", "images_on
 
 
 def load(spec: ml_collections.ConfigDict, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
-    """Loads `spec.source` from `spec.path`, split `spec.split`, at most `spec.num_examples` (0: all)."""
+    """Loads `spec.source` from `spec.path`, split `spec.split`, at most `spec.num_examples` (0: all).
+
+    With `spec.tfds_data_dir` the split is read from the TFDS dataset `cxr-jax data prepare` built there instead
+    (`cxr_jax.data.tfds_sets`): the same arrays, `file` naming each example's record.
+    """
     if spec.source not in SOURCES:
         raise DataError(f"unknown data source {spec.source!r}; known: {sorted(SOURCES)}")
+    if spec.get("tfds_data_dir"):
+        if spec.source == "phantom":
+            raise DataError("the phantom is generated, not prepared: set its data.*.tfds_data_dir to None")
+        from cxr_jax.data import tfds_sets  # Imports tensorflow_datasets: only for prepared sets.
+
+        return tfds_sets.load(spec, image_size=image_size, seed=seed)
     return SOURCES[spec.source][0](spec, image_size=image_size, seed=seed)
 
 

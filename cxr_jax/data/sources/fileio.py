@@ -13,13 +13,15 @@ import os
 import pathlib
 import re
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 
 VALID_FRACTION = 0.2  # Share of a hash split that is `valid`.
 ON_ERROR = ("raise", "skip")
+# `file` of an example read from a prepared TFDS set (data.*.tfds_data_dir): `decode` reads its image from there.
+RECORD_PREFIX = "tfds:"
 STRING_KEYS = ("name", "text", "file", "report_findings", "report_impression")  # Stacked as object arrays of str.
 # Larger images are refused from their header, before any pixel is decoded: no radiograph comes near 8192 × 8192,
 # and a small file that claims more is a decompression bomb.
@@ -41,25 +43,51 @@ class Examples(dict):
         self.skipped = list(skipped or [])
 
 
-def collect(rows: Iterable[tuple[int, dict]], read_row: Callable[[int, dict], dict], *, spec, image_size: int,
-            where: str) -> Examples:
+def collect(rows: Iterable[tuple[int, dict]], read_row: Callable[[int, dict], dict], *, spec, image_size: int | None,
+            where: str) -> Examples | Originals:
     """Stacks `read_row(line, row)` over `rows` into arrays; reads `file` into `image` unless `spec.stream`.
 
     A `DataError` stops loading (`spec.on_error == 'raise'`) or leaves that example out and is counted
     (`'skip'`), so a bad file never becomes a silently wrong example. An image file listed by a second row is
     such an error too (under 'skip' the first row's example is kept). `where` names the set in the log line and,
     with the row, in errors that name only a file (an image that does not decode).
+
+    With `image_size=None` nothing is stacked: the examples come one at a time (`Originals`), each image read at
+    its original resolution, for `cxr_jax.data.tfds_sets.prepare` to store.
     """
     if spec.on_error not in ON_ERROR:
         raise DataError(f"data on_error must be one of {ON_ERROR}; got {spec.on_error!r}")
-    examples, skipped, seen = [], [], {}
+    skipped = []
+    examples = _read_rows(rows, read_row, spec=spec, image_size=image_size, where=where, skipped=skipped)
+    if image_size is None:
+        return Originals(examples, skipped)
+    return Examples(_stack(list(examples)), skipped)
+
+
+class Originals:
+    """A loader's examples one at a time at original resolution (`image_size=None`), and `skipped` so far.
+
+    Images are uint8 [H, W] as decoded, masks uint8 [h, w] as 0/255 (1 × 1 where absent), landmarks and
+    boxes in original pixels: `to_square` and `square_coords` turn them into exactly what the loader gives.
+    """
+
+    def __init__(self, examples: Iterator[dict], skipped: list[str]):
+        self._examples, self.skipped = examples, skipped
+
+    def __iter__(self) -> Iterator[dict]:
+        return self._examples
+
+
+def _read_rows(rows, read_row, *, spec, image_size: int | None, where: str, skipped: list[str]) -> Iterator[dict]:
+    """`collect`'s examples, one at a time; bad ones are raised or appended to `skipped`."""
+    seen, count = {}, 0
     for line, row in rows:
         try:
             example = read_row(line, row)
             key = os.path.normpath(example["file"]) if "file" in example else None
             if key in seen:
                 raise DataError(f"{example['file']}: listed again in row {line} of {where} (first in row {seen[key]})")
-            if "file" in example and not spec.stream:
+            if "file" in example and (image_size is None or not spec.stream):
                 example["image"], example["orig_size"] = read_gray(example["file"], image_size)
         except DataError as e:
             names_row = not line or re.search(rf"\brow {line}\b", str(e))
@@ -71,13 +99,13 @@ def collect(rows: Iterable[tuple[int, dict]], read_row: Callable[[int, dict], di
             continue
         if key is not None:
             seen[key] = line
-        examples.append(example)
-    if skipped and not examples:
+        count += 1
+        yield example
+    if skipped and not count:
         raise DataError(f"{where}: all {len(skipped)} examples are bad (on_error='skip'); first: {skipped[0]}")
     if skipped:
         log.warning("%s: skipped %d of %d examples (on_error='skip'); first: %s", where, len(skipped),
-                    len(skipped) + len(examples), skipped[0])
-    return Examples(_stack(examples), skipped)
+                    len(skipped) + count, skipped[0])
 
 
 def first(rows: list, spec) -> list:
@@ -103,16 +131,24 @@ def _stack(examples: list[dict]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def read_gray(path: pathlib.Path, image_size: int, *, mask: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
+def read_gray(path: pathlib.Path, image_size: int | None, *, mask: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
     """An 8-bit grayscale image padded to a square (centred) and resized; returns it and the original (h, w).
 
     Masks (`mask=True`) are resized with nearest neighbours and returned as 0/1; a mask stored as 0/1 rather
-    than 0/255 is read as such.
+    than 0/255 is read as such. `image_size=None` keeps the original [H, W] (masks as 0/255), which
+    `to_square` turns into exactly this function's result at any size.
     """
     array = decode(path)
     if mask and array.max() == 1:
         array = array * np.uint8(255)
+    if image_size is None:
+        return ((array > 127).astype(np.uint8) * np.uint8(255) if mask else array), array.shape
     return to_square(array, image_size, mask=mask)
+
+
+def blank_mask(image_size: int | None) -> np.ndarray:
+    """The mask of an example without one: zeros [S, S] (`image_size=None`: 1 × 1, which `to_square` enlarges)."""
+    return np.zeros((image_size or 1, image_size or 1), np.uint8)
 
 
 def to_square(array: np.ndarray, image_size: int, *, mask: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
@@ -154,12 +190,15 @@ def in_split(key: str, split: str) -> bool:
     return (bucket < VALID_FRACTION) == (split == "valid")
 
 
-def square_coords(xy: np.ndarray, orig_size: tuple[int, int], image_size: int, *, edges: bool = False) -> np.ndarray:
+def square_coords(xy: np.ndarray, orig_size: tuple[int, int], image_size: int | None, *,
+                  edges: bool = False) -> np.ndarray:
     """Maps (x, y) coordinates of an original image to those of its `read_gray` output.
 
     Points (landmarks) use pixel centres at integers; `edges=True` is for box corners, where pixel i spans
     [i, i + 1) (boxes are (x0, y0, x1, y1) with x1 exclusive, as the phantom writes them).
     """
+    if image_size is None:  # Original resolution (`collect` with image_size=None): the points themselves.
+        return np.asarray(xy, np.float32)
     side, offset, centre = _square_frame(orig_size, edges)
     return ((np.asarray(xy, np.float32) + offset) * image_size / side - centre).astype(np.float32)
 
@@ -335,6 +374,10 @@ def decode(path: pathlib.Path) -> np.ndarray:
     are shown by their own min–max, as deep DICOMs without a window are. Headers over MAX_PIXELS are refused
     before decoding.
     """
+    if isinstance(path, str) and path.startswith(RECORD_PREFIX):  # An example of a prepared TFDS set.
+        from cxr_jax.data import tfds_sets
+
+        return tfds_sets.read_image(path)
     path = pathlib.Path(path)
     _require_file(path)
     if _is_dicom(path):

@@ -12,6 +12,7 @@ import numpy as np
 
 from cxr_jax.data.sources.fileio import (
     DataError,
+    blank_mask,
     collect,
     first,
     header_size,
@@ -212,7 +213,7 @@ def load_folder(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
             has_mask = bool(r["mask"].strip())
             example["has_mask"] = has_mask
             example["mask_lesion"] = (read_gray(root / r["mask"], image_size, mask=True)[0] if has_mask
-                                      else np.zeros((image_size, image_size), np.uint8))
+                                      else blank_mask(image_size))
         return example
 
     return collect(chosen, read_row, spec=spec, image_size=image_size, where=f"folder {spec.split}")

@@ -19,6 +19,7 @@ from cxr_jax.data.sources.fileio import (
     ON_ERROR,
     DataError,
     Examples,
+    blank_mask,
     collect,
     first,
     header_size,
@@ -148,7 +149,7 @@ def load_covid(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
         finding = r["finding"].strip()
         has_mask = bool(r["lung_mask"].strip())
         mask = (read_gray(root / r["lung_mask"], image_size, mask=True)[0] if has_mask
-                else np.zeros((image_size, image_size), np.uint8))
+                else blank_mask(image_size))
         return {"file": root / r["image"], "name": r["image"], "patient": r["patient_id"], "mask_lungs": mask,
                 "has_mask": has_mask, "label": 0 if finding == "No Finding" else -1 if finding in ("", "todo") else 1,
                 "text": r["clinical_notes"]}
