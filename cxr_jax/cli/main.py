@@ -184,6 +184,11 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     rset.add_argument("--num-examples", type=int, default=0, help="phantom: how many images to draw")
     rset.add_argument("--image-size", type=int, default=256, help="phantom: image side")
     rset.add_argument("--seed", type=int, default=0, help="seeds the choice of queries and candidates")
+    from cxr_jax.cli import prepare
+
+    prepare.add_arguments(_add_source(actions.add_parser(
+        "prepare", help="build a source's TFDS dataset (ArrayRecord) in --data-dir for data.*.tfds_data_dir"),
+        "splits to build, comma-separated (default: all of the source's)"))
 
 
 def _data_spec(args, num_examples: int):
@@ -212,6 +217,10 @@ def _data(args, config) -> int:
         shown = show.contact_sheet(data, args.out, num=args.num, title=f"{args.source} ({args.split})")
         print(f"wrote {args.out}: {len(shown)} of {len(data.get('image', []))} images")
         return 0
+    if args.action == "prepare":
+        from cxr_jax.cli import prepare
+
+        return prepare.run(args, _data_spec(args, 0))
     if args.action == "retrieval-set":
         from cxr_jax.data import retrieval_sets
 

@@ -53,8 +53,10 @@ FREE_KEYS: tuple[str, ...] = (
     "saliency.*",  # DGM: residue → regions (evaluate, decompose).
     "landmarks.*", "data.template.*",  # LD: one-shot landmarks (evaluate, `cxr-jax landmarks`).
     "probe.*", "retrieval.*",  # ConVIRT: linear probes, fine-tuning and category retrieval (evaluate).
-    # How examples are read, not which or in what order (test_streaming_from_files_trains_exactly_as_from_memory).
+    # How examples are read, not which or in what order (test_streaming_from_files_trains_exactly_as_from_memory;
+    # a prepared TFDS copy of the same set: tests/data/test_tfds.py).
     "data.prefetch", "data.train.stream", "data.extra_train.*.stream",
+    "data.train.tfds_data_dir", "data.extra_train.*.tfds_data_dir",
 )
 
 
