@@ -1,5 +1,8 @@
 """Training metrics: `W/metrics.jsonl`, TensorBoard events, and a progress bar or plain lines.
 
+Every metric goes to metrics.jsonl and TensorBoard; the bar's postfix (or a plain line per logged step when
+stderr is no terminal) shows only the method's key metrics (`Method.key_metrics`).
+
 Evaluations during training add `W/eval/history.jsonl` (one line per evaluated step), TensorBoard scalars under
 `eval/` and sample images (TensorBoard `samples`, `W/samples/STEP.png`). On resume each file is cut back to the
 resumed step, so a resumed run's records equal an uninterrupted run's.
@@ -21,8 +24,11 @@ import tqdm
 class MetricWriter:
     """Writes one JSON line and one set of TensorBoard scalars per logged step (lead host only)."""
 
-    def __init__(self, workdir: str | pathlib.Path, *, start_step: int, num_steps: int, enabled: bool = True):
+    def __init__(self, workdir: str | pathlib.Path, *, start_step: int, num_steps: int, enabled: bool = True,
+                 shown: Sequence[str] = ("loss",)):
         self.enabled = enabled
+        self.shown = tuple(shown)
+        self.num_steps = num_steps
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
         self.eval_path = pathlib.Path(workdir) / "eval" / "history.jsonl"
         self.samples_dir = pathlib.Path(workdir) / "samples"
@@ -51,12 +57,13 @@ class MetricWriter:
         for key, value in scalars.items():
             self._tb.add_scalar(key, float(value), step)
         self._tb.flush()
-        line = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k != "step")
+        line = format_metrics(record, self.shown)
         if self._bar is not None:
             self._bar.n = step
             self._bar.set_postfix_str(line, refresh=True)
         else:
-            print(f"step {step}: {line}", flush=True)
+            pace = f" ({record['step_time']:.3g} s/step)" if "step_time" in record else ""
+            print(f"step {step}/{self.num_steps}: {line}{pace}", flush=True)
 
     def write_eval(self, step: int, metrics: dict[str, float]) -> None:
         """Appends an evaluation's metrics to `eval/history.jsonl` (non-finite as null) and TensorBoard `eval/`."""
@@ -94,6 +101,18 @@ class MetricWriter:
             self._tb.close()
         if self._bar is not None:
             self._bar.close()
+
+
+def format_metrics(record: dict[str, float], keys: Sequence[str], *, fallback: int = 3) -> str:
+    """`k=v` for each of `keys` in `record`; if none is there, its first `fallback` metrics (timing left out)."""
+    shown = [k for k in keys if k in record]
+    if not shown:
+        shown = [k for k in record if k not in ("step", *TIMING_KEYS)][:fallback]
+    return " ".join(f"{k}={_fmt(float(record[k]))}" for k in shown)
+
+
+# What the training loop adds to every logged record besides the method's metrics.
+TIMING_KEYS = ("step_time", "examples_per_sec", "compile_time")
 
 
 def finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:

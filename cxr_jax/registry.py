@@ -37,9 +37,16 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
     """The method object of `config.method` for `config` on `mesh`.
 
     `run`: the run directory whose checkpoints the object will restore; it reads what the run wrote besides
-    them (`Method.read_run`) before anything else is asked of it.
+    them (`Method.read_run`) before anything else is asked of it. A ValueError of the constructor (where methods
+    check their config, and libraries check the values handed on) is a ConfigError.
     """
-    method = get(config.method)(config, mesh)
+    cls = get(config.method)
+    try:
+        method = cls(config, mesh)
+    except ConfigError:
+        raise
+    except ValueError as e:  # A library refusing a config value (an optax schedule, a module's shape): one line.
+        raise ConfigError(f"{config.method} config: {' '.join(str(e).split())}") from e
     if run is not None:
         method.read_run(pathlib.Path(run))
     return method

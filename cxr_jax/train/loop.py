@@ -109,7 +109,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tr
     step_fn = s.step_fn.lower(state, s.first_batch).compile()
     compile_time = time.perf_counter() - t0
     jax.block_until_ready(state)
-    writer = MetricWriter(workdir, start_step=start_step, num_steps=config.train.num_steps, enabled=lead)
+    writer = MetricWriter(workdir, start_step=start_step, num_steps=config.train.num_steps, enabled=lead,
+                          shown=s.method.key_metrics)
     evaluation = PeriodicEvaluation(config, s.method, s.mesh, workdir, writer)
     stop = _SigtermFlag()
     pending: list[tuple[int, dict]] = []

@@ -35,6 +35,9 @@ class Method(abc.ABC):
     config: ml_collections.ConfigDict
     # Optional hook: rows per `stratum` value in every batch (see `pipeline.train_dataset`); None: any mix.
     batch_composition: dict[int, int] | None = None
+    # Optional: the `train_step` metrics worth watching, shown in the progress bar and `train`'s closing line
+    # (the loss and two or three more); every metric still goes to metrics.jsonl and TensorBoard.
+    key_metrics: tuple[str, ...] = ("loss",)
 
     @abc.abstractmethod
     def train_data(self) -> tuple[dict[str, np.ndarray], Callable]:

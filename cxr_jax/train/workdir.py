@@ -7,9 +7,14 @@ worse, continue a different experiment under the old run's name. `claim` stops b
 - `WorkdirLock`: `W/train.lock` is `flock`ed for the whole run and records host, pid and start time. The kernel
   drops the flock when its process dies, so a lock file whose flock can be taken is stale by definition; it is
   taken over with a warning. Released, the file is emptied and left in place (removing it would let a process
-  that opened it just before hold a lock on an unlinked file while a third creates a new one).
+  that opened it just before hold a lock on an unlinked file while a third creates a new one). The one
+  exception is a failed fresh start (below), which unlinks it while still holding it; `acquire` retries when
+  the file it locked is no longer the one at the path, so that is safe.
 - `check_resume`: with `W/config.json` and a checkpoint present, the saved config is compared with the new one;
   any difference outside `FREE_KEYS` is a `ConfigDriftError` unless `allow_changes=True`, which only warns.
+- A run that fails before it recorded anything (no checkpoint, no metrics.jsonl: a bad data path, a config the
+  model refuses, Ctrl-C while compiling) removes what it created in the workdir (`train.lock`, `checkpoints/`,
+  `config.json`, …) and the workdir itself if it made it; whatever was there before stays.
 
 With several processes, process 0 decides and tells the others, so they all stop together.
 """
@@ -24,6 +29,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -80,7 +86,9 @@ def claim(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Ite
     raises, instead of the others waiting forever in the first collective for a process 0 that has exited.
     """
     workdir = pathlib.Path(workdir)
-    lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+    lead = jax.process_index() == 0
+    before = _Before(workdir) if lead else None
+    lock = WorkdirLock(workdir) if lead else None
     try:
         error = None
         if lock is not None:
@@ -98,9 +106,43 @@ def claim(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Ite
         if error is not None:
             raise error
         yield
+    except BaseException:
+        if lock is not None and lock.held:  # Never while another process holds the workdir.
+            before.remove_unless_started()
+        raise
     finally:
         if lock is not None:
             lock.release()
+
+
+class _Before:
+    """A workdir's entries before a run, to take back what a failed fresh start added (and nothing else)."""
+
+    def __init__(self, workdir: pathlib.Path):
+        self.workdir = workdir
+        self.entries = set(os.listdir(workdir)) if workdir.is_dir() else set()
+        self.new_dirs = []  # The workdir and its missing parents, innermost first: what `mkdir(parents=True)` makes.
+        path = workdir.absolute()
+        while not path.exists() and path != path.parent:
+            self.new_dirs.append(path)
+            path = path.parent
+
+    def remove_unless_started(self) -> None:
+        """If the run recorded nothing (no checkpoint, no metrics.jsonl), removes the entries it created."""
+        if not self.workdir.is_dir() or has_checkpoint(self.workdir) or (self.workdir / "metrics.jsonl").exists():
+            return
+        for entry in self.workdir.iterdir():
+            if entry.name in self.entries:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)  # train.lock too: unlinked while still held (see the docstring).
+        for directory in self.new_dirs:
+            try:
+                directory.rmdir()  # Only if empty: something another process put there stays.
+            except OSError:
+                break
 
 
 class WorkdirLock:
@@ -111,22 +153,28 @@ class WorkdirLock:
         self.path = self.workdir / LOCK_FILE
         self._fd: int | None = None
 
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the flock (not after `release`, nor on a file system without flock)."""
+        return self._fd is not None
+
     def acquire(self) -> None:
         """Takes the lock or raises `LockedError` naming its holder; a stale one is taken over with a warning."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_record(fd)
+        for _ in range(100):
+            fd = self._try_lock()
+            if fd is None:
+                return
+            try:  # The file locked must still be the one at the path (a failed start may have unlinked it).
+                locked, there = os.fstat(fd), os.stat(self.path)
+                current = (locked.st_dev, locked.st_ino) == (there.st_dev, there.st_ino)
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-            who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('start')}" if holder
-                   else "another process (its lock file holds no record yet)")
-            raise LockedError(f"{self.workdir} is being trained by {who}") from None
-        except OSError as e:  # A file system without flock (some network mounts): train, but say it is unguarded.
-            os.close(fd)
-            log.warning("%s: cannot lock (%s); a second train on this workdir would not be stopped", self.path, e)
-            return
+        else:
+            raise WorkdirError(f"{self.path} keeps being replaced; is another process creating and removing it?")
         previous = _read_record(fd)
         if previous and (previous.get("pid"), previous.get("host")) != (os.getpid(), socket.gethostname()):
             log.warning("%s: taking over the stale lock of pid %s on %s (since %s), which is gone", self.path,
@@ -148,6 +196,24 @@ class WorkdirLock:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def _try_lock(self) -> int | None:
+        """The open lock file's descriptor, flocked; None on a file system without flock."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_record(fd)
+            os.close(fd)
+            who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('start')}" if holder
+                   else "another process (its lock file holds no record yet)")
+            raise LockedError(f"{self.workdir} is being trained by {who}") from None
+        except OSError as e:  # A file system without flock (some network mounts): train, but say it is unguarded.
+            os.close(fd)
+            log.warning("%s: cannot lock (%s); a second train on this workdir would not be stopped", self.path, e)
+            return None
+        return fd
 
 
 def _read_record(fd: int) -> dict[str, Any]:

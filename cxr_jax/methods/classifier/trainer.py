@@ -36,12 +36,17 @@ def sigmoid_bce(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
 class Classifier(Method):
     """A ResNet with one abnormality logit, trained with binary cross-entropy and AdamW."""
 
+    key_metrics = ("loss", "accuracy")
+
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
         del mesh  # A per-example mean: GSPMD shards it without explicit collectives.
         self.config = config
         dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
         m = config.model
         self.model = resnet.ResNet(tuple(m.stage_sizes), m.block, m.width, m.num_classes, dtype=dtype)
+        if not 0 <= config.optim.warmup_steps < config.train.num_steps:
+            raise ConfigError(f"optim.warmup_steps={config.optim.warmup_steps} must be below "
+                              f"train.num_steps={config.train.num_steps}")
         self.schedule = optax.warmup_cosine_decay_schedule(
             0.0, config.optim.learning_rate, config.optim.warmup_steps, config.train.num_steps)
         self.tx = {"model": optax.adamw(self.schedule, weight_decay=config.optim.weight_decay)}

@@ -40,6 +40,8 @@ VOCAB_FILE = "vocab.txt"  # The run's vocabulary, W/vocab.txt (`read_run`, `writ
 class ConVIRT(Method):
     """Image–report contrastive pretraining of a ResNet and a BERT with Adam (PyTorch-style L2)."""
 
+    key_metrics = ("loss", "batch_retrieval_accuracy", "temperature")
+
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
         self.config = config
         self.mesh = mesh or parallel.make_mesh()
@@ -48,6 +50,9 @@ class ConVIRT(Method):
             raise ConfigError(f"batch_size={config.batch_size} must split into train.grad_cache_chunks={chunks} "
                               f"micro-batches of whole rows on each of {self.mesh.devices.size} devices")
         self.run_vocab: pathlib.Path | None = None  # The vocabulary of the run being restored (`read_run`).
+        if not 0 <= config.optim.warmup_steps < config.train.num_steps:
+            raise ConfigError(f"optim.warmup_steps={config.optim.warmup_steps} must be below "
+                              f"train.num_steps={config.train.num_steps}")
         self.schedule = optax.warmup_cosine_decay_schedule(
             0.0, config.optim.learning_rate, config.optim.warmup_steps, config.train.num_steps)
         adam = optax.chain(optax.add_decayed_weights(config.optim.weight_decay), optax.adam(self.schedule))

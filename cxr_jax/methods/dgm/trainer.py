@@ -32,6 +32,8 @@ from cxr_jax.train.method import Method
 class DGM(Method):
     """Generator (E_G, E_F, D_G, D_F, D_J) and multi-scale discriminator, each with its own Adam."""
 
+    key_metrics = ("g_loss", "d_loss", "recon_sum", "residue_normal")  # Fidelity, and residues on normals.
+
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
         del mesh  # Per-example losses and batch means: GSPMD shards the step without explicit collectives.
         self.config = config

@@ -56,6 +56,8 @@ def cluster_perplexity(assignment: jax.Array) -> jax.Array:
 class LD(Method):
     """`ld_model.LDNet` trained with Adam on LD's losses (weights and stages in `config.loss`)."""
 
+    key_metrics = ("loss", "patch", "region", "clusters_used")
+
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
         del mesh  # Global-batch losses: GSPMD gathers the patch features for the similarity matrix.
         self.config = config

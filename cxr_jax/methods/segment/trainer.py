@@ -27,6 +27,8 @@ from cxr_jax.train.method import Method
 class Segment(Method):
     """A `unet.SegmentationUNet` with one channel per structure."""
 
+    key_metrics = ("loss", "dice")
+
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
         self.mesh = mesh  # Per-example losses: GSPMD shards the step; the mesh only places imported weights.
         self.config = config
