@@ -80,6 +80,10 @@ def test_config_and_usage_errors_are_one_line_and_exit_2(tmp_path, capsys):
         assert _exit_code(argv) == 2, argv
         assert capsys.readouterr().err.splitlines() == [line]
     assert not run.exists()  # The refused start left nothing behind.
+    # --verbose (before or after the command) adds the traceback above the same last line.
+    assert _exit_code(["--verbose", *cases[0][0]]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "Traceback (most recent call last):" and err[-1] == cases[0][1]
 
 
 def test_a_failed_fresh_start_removes_what_it_created_and_nothing_else(tmp_path, capsys):
