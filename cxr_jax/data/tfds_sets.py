@@ -42,7 +42,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from cxr_jax.data.sources import SOURCES, fileio, public
+from cxr_jax.data.sources import fileio, public
+from cxr_jax.data.sources.catalog import SOURCES
 from cxr_jax.data.sources.fileio import RECORD_PREFIX, DataError, Examples
 
 try:  # TF must never take an accelerator from JAX (as in pipeline.py).
@@ -327,6 +328,8 @@ def read_image(ref: str) -> np.ndarray:
         raise DataError(f"{ref}: cannot read the prepared record ({e})") from e
     return _png(record["image"], ref)
 
+
+fileio.register_record_reader(read_image)
 
 _SOURCES: dict[tuple[str, str, str], object] = {}
 _LOCK = threading.Lock()

@@ -22,6 +22,15 @@ VALID_FRACTION = 0.2  # Share of a hash split that is `valid`.
 ON_ERROR = ("raise", "skip")
 # `file` of an example read from a prepared TFDS set (data.*.tfds_data_dir): `decode` reads its image from there.
 RECORD_PREFIX = "tfds:"
+# Decodes a RECORD_PREFIX reference to uint8 [H, W]; set by `cxr_jax.data.tfds_sets` (which imports this module,
+# so this module cannot import it) before any reference exists.
+_record_reader: Callable[[str], np.ndarray] | None = None
+
+
+def register_record_reader(reader: Callable[[str], np.ndarray]) -> None:
+    """Makes `decode` read RECORD_PREFIX references (prepared TFDS examples) with `reader`."""
+    global _record_reader
+    _record_reader = reader
 STRING_KEYS = ("name", "text", "file", "report_findings", "report_impression")  # Stacked as object arrays of str.
 # Larger images are refused from their header, before any pixel is decoded: no radiograph comes near 8192 × 8192,
 # and a small file that claims more is a decompression bomb.
@@ -375,9 +384,10 @@ def decode(path: pathlib.Path) -> np.ndarray:
     before decoding.
     """
     if isinstance(path, str) and path.startswith(RECORD_PREFIX):  # An example of a prepared TFDS set.
-        from cxr_jax.data import tfds_sets
-
-        return tfds_sets.read_image(path)
+        if _record_reader is None:
+            raise DataError(f"{path}: a prepared-set record, but no reader is registered (cxr_jax.data.tfds_sets "
+                            "registers one when it loads a set)")
+        return _record_reader(path)
     path = pathlib.Path(path)
     _require_file(path)
     if _is_dicom(path):
