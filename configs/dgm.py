@@ -39,6 +39,7 @@ def _base() -> ml_collections.ConfigDict:
         remat=False,  # Recompute each block in the backward pass: less memory for ~25 % more FLOPs (README).
     ))
     c.model.discriminator = ml_collections.ConfigDict(dict(dim=64, n_layers=4, num_scales=3))
+    c.model.discriminator.init_std = 0.02  # Weights ~ N(0, init_std): MUNIT's choice (the paper is silent).
     # The anomaly baseline trained beside DGM on the same batches' normals (its metrics are `ae_…`).
     c.model.ae = ml_collections.ConfigDict(dict(enabled=True, dim=32, n_down=3, latent=128))
 

@@ -48,7 +48,6 @@ import jax.numpy as jnp
 Dtype = Any
 NORMS = ("in", "ln", "adain", "none")
 GEN_INIT = nn.initializers.kaiming_normal()
-DIS_INIT = nn.initializers.normal(0.02)
 
 
 def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
@@ -299,13 +298,15 @@ class PatchDiscriminator(nn.Module):
     dim: int = 64
     n_layers: int = 4
     dtype: Dtype = jnp.float32
+    init_std: float = 0.02  # MUNIT's N(0, 0.02) weights.
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, H, W, 1] → patch scores [B, H / 2^n_layers, W / 2^n_layers, 1] in float32."""
+        init = nn.initializers.normal(self.init_std)
         for i in range(self.n_layers):
-            x = ConvBlock(self.dim * 2**i, 4, 2, activation="lrelu", kernel_init=DIS_INIT, dtype=self.dtype)(x)
-        return nn.Conv(1, (1, 1), kernel_init=DIS_INIT, dtype=self.dtype)(x).astype(jnp.float32)
+            x = ConvBlock(self.dim * 2**i, 4, 2, activation="lrelu", kernel_init=init, dtype=self.dtype)(x)
+        return nn.Conv(1, (1, 1), kernel_init=init, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 class MultiScaleDiscriminator(nn.Module):
@@ -315,6 +316,7 @@ class MultiScaleDiscriminator(nn.Module):
     n_layers: int = 4
     num_scales: int = 3
     dtype: Dtype = jnp.float32
+    init_std: float = 0.02  # MUNIT's N(0, 0.02) weights.
 
     @nn.compact
     def __call__(self, x: jax.Array) -> list[jax.Array]:
@@ -322,7 +324,7 @@ class MultiScaleDiscriminator(nn.Module):
         outputs = []
         x = x.astype(self.dtype)
         for _ in range(self.num_scales):
-            outputs.append(PatchDiscriminator(self.dim, self.n_layers, self.dtype)(x))
+            outputs.append(PatchDiscriminator(self.dim, self.n_layers, self.dtype, self.init_std)(x))
             x = nn.avg_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)), count_include_pad=False)
         return outputs
 
