@@ -7,6 +7,7 @@ import pytest
 from tests.conftest import SMOKE, image_folder, run_cli
 
 
+@pytest.mark.slow
 def test_train_evaluate_bench(tmp_path):
     run_cli("train", "--config", SMOKE, "--workdir", str(tmp_path), "--config.train.num_steps=4")
     config = json.loads((tmp_path / "config.json").read_text())

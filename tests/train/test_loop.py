@@ -42,6 +42,7 @@ def test_training_fits_a_small_set(tmp_path):
     assert result["loss"] < 0.4 and result["auc"] > 0.95, result
 
 
+@pytest.mark.slow
 def test_step_is_traced_once(tmp_path, monkeypatch):
     traced = chex.assert_max_traces(classifier.Classifier.train_step, n=1)
     monkeypatch.setattr(classifier.Classifier, "train_step", traced)
@@ -78,6 +79,7 @@ def test_a_failing_evaluation_keeps_the_steps_it_follows(tmp_path, monkeypatch):
     assert checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step() == 2
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_another_runs_params(tmp_path):
     source = _train(tmp_path / "source")
     # With a zero learning rate the params stay what init_from loaded.
@@ -89,6 +91,7 @@ def test_init_from_starts_from_another_runs_params(tmp_path):
         _train(tmp_path / "other", f"init_from={tmp_path / 'missing'}")
 
 
+@pytest.mark.slow
 def test_mixed_precision_keeps_fp32_params_and_matches_fp32_loss(tmp_path):
     state = _train(tmp_path / "bf16", "mixed_precision=true")
     for leaf in jax.tree.leaves((state.params, state.opt_state)):
@@ -109,6 +112,7 @@ def test_resume_after_finish_restores_and_does_nothing(tmp_path):
     assert_trees_equal(state.params, jax.device_get(first.params))
 
 
+@pytest.mark.slow
 def test_streaming_from_files_trains_exactly_as_from_memory(tmp_path):
     image_folder(tmp_path / "data", num=16)
     data = [f"data.train.{k}={v}" for k, v in (("source", "nih1000"), ("path", tmp_path / "data"),

@@ -19,6 +19,7 @@ def _config(*overrides):
     return config_lib.load(SMOKE, ["data.train.num_examples=16", *overrides])
 
 
+@pytest.mark.slow
 def test_residue_features_are_the_dgm_residues_as_a_second_channel(dgm_run):
     method = classifier.Classifier(_config(f"model.residue_from={dgm_run}", "model.residue_features=True"))
     examples, _ = method.train_data()
@@ -76,6 +77,7 @@ def test_residue_options_are_checked(dgm_run):
         method.train_data()
 
 
+@pytest.mark.slow
 def test_a_residue_feature_run_evaluates(dgm_run, tmp_path):
     from cxr_jax import runs
 

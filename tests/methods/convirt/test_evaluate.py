@@ -124,6 +124,7 @@ def test_retrieve_errors_are_clear(tmp_path):
     assert proc.returncode == 2 and "config.json does not exist" in proc.stderr
 
 
+@pytest.mark.slow
 def test_probes_learn_an_easy_label_from_a_random_encoder():
     import jax
 

@@ -42,6 +42,7 @@ def smoke():
     return config, method, s
 
 
+@pytest.mark.slow
 def test_step_trains_the_free_parameters_only(smoke):
     config, method, s = smoke
     state = s.init_fn(jax.random.key(0), s.first_batch)
@@ -115,6 +116,7 @@ def test_source_without_text_is_a_clear_error(smoke, tmp_path):
         convirt.paired_examples(examples, method.tokenizer, method.config.text, "nih1000")
 
 
+@pytest.mark.slow
 def test_towers_start_from_imported_weights(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

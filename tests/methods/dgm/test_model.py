@@ -89,6 +89,7 @@ def _loss(params, model, z):
     return sum(jnp.mean(v**2) for v in model.apply({"params": params}, z).values())
 
 
+@pytest.mark.slow
 def test_remat_keeps_parameters_and_gradients_and_stores_less():
     z = jnp.asarray(RNG.uniform(-1, 1, (2, 16, 16, 1)), jnp.float32)
     models = {remat: dgm.Generator(dim=4, n_down=1, n_res=1, mlp_dim=8, remat=remat) for remat in (False, True)}

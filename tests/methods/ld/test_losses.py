@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.test_util import check_grads
 
 from cxr_jax.methods.ld import losses
@@ -134,6 +135,7 @@ def test_binary_entropy_gradient_is_autodiffs_inside_the_unit_interval():
         check_grads(losses.binary_entropy, (jnp.asarray(RNG.uniform(0.05, 0.95, size=8)),), order=1, modes=["rev"])
 
 
+@pytest.mark.slow
 def test_losses_at_initialisation_are_chance():
     k = 16
     net = ld_model.LDNet(embed_dim=32, num_clusters=k, layers=(8, "M", 8, "M", 16), widths=((8,), ()))

@@ -8,6 +8,7 @@ import pytest
 from cxr_jax.methods.ld import model as ld_model
 
 
+@pytest.mark.slow
 def test_heads_give_unit_embeddings_and_normalised_assignments():
     net = ld_model.LDNet(embed_dim=6, num_clusters=5, layers=(4, "M", 8, "M", 8), widths=((8, 4), ()))
     x = jax.random.normal(jax.random.key(1), (3, 16, 16, 1))
@@ -40,6 +41,7 @@ def test_assignments_are_the_normalised_sigmoids_and_finite_when_all_underflow()
     np.testing.assert_allclose(assignment.sum(-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_parameter_count_matches_the_official_decoder_and_branches():
     def conv(cin, cout):
         return 9 * cin * cout + cout

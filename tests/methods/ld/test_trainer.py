@@ -140,6 +140,7 @@ def test_shape_prior_trains_the_critic_in_stage_two_only():
         s.batches.close()
 
 
+@pytest.mark.slow
 def test_r1_penalises_the_critic_on_the_real_masks():
     config = config_lib.load(SMOKE, ["shape.weight=0.5", "shape.r1=10.0", "shape.critic_slope=1.0"])
     s = loop.setup(config, mesh=parallel.make_mesh(jax.devices()[:1]))

@@ -64,6 +64,7 @@ def test_steps_lower_the_loss_and_trace_once():
         s.batches.close()
 
 
+@pytest.mark.slow
 def test_transfer_starts_from_the_ld_encoder_and_keeps_it_frozen(ld_run, tmp_path):
     from cxr_jax import runs
 
