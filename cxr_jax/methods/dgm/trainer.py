@@ -52,7 +52,7 @@ class DGM(Method):
         if ae.enabled and config.image_size % 2**ae.n_down:
             raise ConfigError(f"image_size={config.image_size} must be divisible by 2^model.ae.n_down")
         self.schedule = _schedule(config.optim)
-        d_schedule = lambda step: config.optim.d_lr_scale * self.schedule(step)  # noqa: E731
+        d_schedule = _scaled(self.schedule, config.optim.d_lr_scale)
         self.tx = {"g": _adam(config.optim, self.schedule), "d": _adam(config.optim, d_schedule)}
         if ae.enabled:
             self.tx["ae"] = _adam(config.optim, self.schedule)
@@ -190,6 +190,11 @@ def _schedule(optim: ml_collections.ConfigDict) -> optax.Schedule:
     if not optim.decay_every:
         return optax.constant_schedule(optim.learning_rate)
     return optax.exponential_decay(optim.learning_rate, optim.decay_every, optim.decay_rate, staircase=True)
+
+
+def _scaled(schedule: optax.Schedule, factor: float) -> optax.Schedule:
+    """`schedule` × `factor` (the discriminator's rate relative to the generator's)."""
+    return schedule if factor == 1 else lambda step: factor * schedule(step)
 
 
 def _adam(optim: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
