@@ -33,6 +33,7 @@ def test_two_identical_runs_log_identical_losses_and_params(tmp_path):
     assert not (tmp_path / "b/eval").exists() and not (tmp_path / "a/samples").exists()  # Off; no classifier samples.
 
 
+@pytest.mark.slow  # ~45 s; the methods' step tests check that steps lower the loss.
 def test_training_fits_a_small_set(tmp_path):
     # 32 phantom images, no augmentation: the loop must drive the training-set loss well below chance (ln 2).
     overrides = ["train.num_steps=100", "image_size=64", "model.width=16", "data.train.num_examples=32",

@@ -54,9 +54,12 @@ def test_two_processes_match_one_process_with_two_devices(reference, tmp_path):
     want, _ = final_state(SMOKE, two_devices)
     # gloo's all-reduce and the in-process one agree, but not always to the bit: XLA:CPU splits reductions
     # over its intra-op thread pool, sized by the cores each process may use, so two processes and one
-    # two-device process can sum in different orders (bit-identical on two cores; pinned to one core, up to
-    # 1.5e-7 apart in a conv kernel). Float32 rounding after 6 steps is what holds on any core count.
-    assert_trees_equal(got, want, rtol=1e-5, atol=1e-6)
+    # two-device process can sum in different orders (bit-identical on two cores). Adam then divides by √v:
+    # a parameter whose gradient is ~0, at that rounding noise, steps by up to a learning rate (1e-3 here)
+    # with either sign, so pinned to one core two of a bias's 32 elements ended 2.6e-6 apart. What holds on
+    # any core count: float32 rounding (rtol) plus 5 % of the learning rate (atol); a wrong all-reduce moves
+    # every parameter by the order of the learning rate and the losses above by more than TOL.
+    assert_trees_equal(got, want, rtol=1e-5, atol=5e-5)
 
 
 def _launch(command, env):

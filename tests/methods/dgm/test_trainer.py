@@ -68,6 +68,7 @@ def _flat(tree):
     return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
 
 
+@pytest.mark.slow  # ~90 s; the order is also checked against torch in test_torch_reference.py.
 def test_step_updates_d_first_then_g_against_the_updated_d(smoke):
     config, method, s = smoke
     lr = 0.05  # SGD (update = −lr · gradient) makes the step's gradients readable from its update.
