@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cxr_jax.config import ConfigError
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -48,3 +50,13 @@ def step_rng(seed: int, step: jax.Array) -> jax.Array:
 def norms(params, grads) -> dict[str, jax.Array]:
     """Global L2 norms of parameters and gradients, logged every step."""
     return {"param_norm": optax.global_norm(params), "grad_norm": optax.global_norm(grads)}
+
+
+def warmup_cosine(optim, num_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 over `optim.warmup_steps` to `optim.learning_rate`, then cosine decay to 0.
+
+    A warm-up as long as the run is a ConfigError here, not optax's traceback at the first step.
+    """
+    if not 0 <= optim.warmup_steps < num_steps:
+        raise ConfigError(f"optim.warmup_steps={optim.warmup_steps} must be below train.num_steps={num_steps}")
+    return optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, optim.warmup_steps, num_steps)

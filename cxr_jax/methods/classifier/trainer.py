@@ -44,11 +44,7 @@ class Classifier(Method):
         dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
         m = config.model
         self.model = resnet.ResNet(tuple(m.stage_sizes), m.block, m.width, m.num_classes, dtype=dtype)
-        if not 0 <= config.optim.warmup_steps < config.train.num_steps:
-            raise ConfigError(f"optim.warmup_steps={config.optim.warmup_steps} must be below "
-                              f"train.num_steps={config.train.num_steps}")
-        self.schedule = optax.warmup_cosine_decay_schedule(
-            0.0, config.optim.learning_rate, config.optim.warmup_steps, config.train.num_steps)
+        self.schedule = state_lib.warmup_cosine(config.optim, config.train.num_steps)
         self.tx = {"model": optax.adamw(self.schedule, weight_decay=config.optim.weight_decay)}
         if (m.residue_features or config.augment.transplant) and not m.residue_from:
             raise ConfigError("model.residue_features and augment.transplant need model.residue_from (a DGM run)")

@@ -50,11 +50,7 @@ class ConVIRT(Method):
             raise ConfigError(f"batch_size={config.batch_size} must split into train.grad_cache_chunks={chunks} "
                               f"micro-batches of whole rows on each of {self.mesh.devices.size} devices")
         self.run_vocab: pathlib.Path | None = None  # The vocabulary of the run being restored (`read_run`).
-        if not 0 <= config.optim.warmup_steps < config.train.num_steps:
-            raise ConfigError(f"optim.warmup_steps={config.optim.warmup_steps} must be below "
-                              f"train.num_steps={config.train.num_steps}")
-        self.schedule = optax.warmup_cosine_decay_schedule(
-            0.0, config.optim.learning_rate, config.optim.warmup_steps, config.train.num_steps)
+        self.schedule = state_lib.warmup_cosine(config.optim, config.train.num_steps)
         adam = optax.chain(optax.add_decayed_weights(config.optim.weight_decay), optax.adam(self.schedule))
         self.tx = {"model": optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()},
                                                   functools.partial(_labels, text_cfg=config.model.text))}

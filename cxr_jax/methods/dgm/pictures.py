@@ -20,7 +20,6 @@ from matplotlib.patches import Patch, Rectangle
 from PIL import Image, ImageDraw
 
 from cxr_jax import runs
-from cxr_jax.config import ConfigError
 from cxr_jax.data.sources import fileio
 from cxr_jax.methods.dgm import saliency
 from cxr_jax.metrics import image_grid
@@ -68,12 +67,7 @@ def anomaly_map(config, outputs: dict, ae: bool = False) -> np.ndarray:
 
     With `ae`, the baseline's error z − AE(z) (`outputs['ae_residue']`) instead.
     """
-    if ae:
-        return outputs["ae_residue"]
-    source = config.saliency.source
-    if source not in saliency.SOURCES:
-        raise ConfigError(f"saliency.source={source!r}; expected one of {saliency.SOURCES}")
-    return outputs[source]
+    return outputs["ae_residue"] if ae else outputs[config.saliency.source]  # Checked by `DGM.__init__`.
 
 
 def samples(method, state, mesh) -> np.ndarray:
