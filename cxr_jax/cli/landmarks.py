@@ -33,10 +33,12 @@ def run(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path, *
     size = localiser.config.image_size
     names, points = read_points(template_landmarks)
     _, template_image, (template_size,) = fileio.read_images([template], size)
-    keys = localiser.keys(template_image[0], fileio.square_coords(points, template_size, size))
+    template_xy = fileio.square_coords(points, template_size, size)
+    keys = localiser.keys(template_image[0], template_xy)
     files = fileio.image_files(images)
     originals = [fileio.decode(f) for f in files]
-    located = localiser.locate(np.stack([fileio.to_square(a, size)[0][..., None] for a in originals]), keys)
+    located = localiser.locate(np.stack([fileio.to_square(a, size)[0][..., None] for a in originals]), keys,
+                               template_xy)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []

@@ -46,7 +46,7 @@ def _write_jsrt(root, with_landmarks=True):
     root.mkdir(parents=True, exist_ok=True)
     (root / "metadata.csv").write_text("\n".join(rows) + "\n")
     for name in "AB":
-        _png(root / "images" / f"{name}.png", np.full((16, 16), 100))
+        _png(root / "images" / f"{name}.png", np.full((16, 16), {"A": 100, "B": 120}[name]))
         for s in ("left_lung", "right_lung", "heart", "left_clavicle", "right_clavicle"):
             column = {"left_lung": 10, "right_lung": 2, "heart": 6, "left_clavicle": 12, "right_clavicle": 0}[s]
             m = np.zeros((16, 16))
@@ -72,6 +72,8 @@ def test_jsrt_fixture(tmp_path):
     assert np.isnan(data["box"][1]).all()
     assert data["mask_lungs"].shape == (2, 32, 32) and data["mask_lungs"].max() == 1
     assert sources.describe(data)["num_with_boxes"] == 1
+    # Heart rows 2-3, columns 6-7 at 16 px: mean column 6.5 (its nearest column is 6), mean row there 2.5.
+    np.testing.assert_allclose(data["heart_centre"][0], [[13.5, 5.5]])  # Pixel centres: (v + 0.5) × 2 − 0.5.
 
 
 def test_jsrt_landmark_file_with_a_missing_point_is_an_error(tmp_path):

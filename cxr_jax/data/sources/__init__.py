@@ -9,6 +9,7 @@ A loader returns a dict of NumPy arrays sharing their leading length N. Keys, wh
   mask_lungs, mask_heart, mask_clavicles   uint8 [N, S, S] (0/1); `has_mask` bool [N] where only some have one
   mask_left_lung, mask_right_lung          uint8 [N, S, S] (jsrt; the patient's sides)
   landmarks    float32 [N, K, 2]   (x, y) in resized pixels, NaN where absent
+  heart_centre float32 [N, 1, 2]   (jsrt) LD's chest landmark from the heart mask at full size, resized pixels
   box          float32 [N, 4]      lesion box (x0, y0, x1, y1) in resized pixels, NaN where absent
   boxes        float32 [N, M, 4]   every box where there can be several (NaN padding); `box` is their union
   findings     int32 [N, F]        per-finding labels in the source's order (1, 0, -1 unknown)

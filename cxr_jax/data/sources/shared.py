@@ -31,6 +31,7 @@ from cxr_jax.data.sources.fileio import (
     report_text,
     require_dir,
     square_coords,
+    to_square,
 )
 
 JSRT_STRUCTURES = ("right_lung", "left_lung", "heart")  # Landmark order: same index = same point.
@@ -82,8 +83,11 @@ def load_jsrt(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
     def read_row(line, r):
         file, name = root / r["image"], pathlib.Path(r["image"]).stem
         size = header_size(file)
-        masks = {s: read_gray(root / "masks" / s / f"{name}.png", image_size, mask=True)[0]
+        masks = {s: read_gray(root / "masks" / s / f"{name}.png", None, mask=True)[0]
                  for s in ("left_lung", "right_lung", "heart", "left_clavicle", "right_clavicle")}
+        centre = square_coords(heart_centre(masks["heart"]), masks["heart"].shape, image_size)
+        if image_size is not None:
+            masks = {s: to_square(m, image_size, mask=True)[0] for s, m in masks.items()}
         nodule = parse_number(meta, line, "nodule", r["nodule"], int)
         if nodule not in (0, 1):
             raise DataError(f"{meta}: row {line}: nodule must be 0 or 1, got {r['nodule']!r}")
@@ -96,9 +100,24 @@ def load_jsrt(spec, *, image_size: int, seed: int) -> dict[str, np.ndarray]:
                 "mask_lungs": masks["left_lung"] | masks["right_lung"], "mask_heart": masks["heart"],
                 "mask_left_lung": masks["left_lung"], "mask_right_lung": masks["right_lung"],
                 "mask_clavicles": masks["left_clavicle"] | masks["right_clavicle"],
-                "landmarks": _jsrt_landmarks(root / "landmarks" / f"{name}.csv", size, image_size), "box": box}
+                "landmarks": _jsrt_landmarks(root / "landmarks" / f"{name}.csv", size, image_size), "box": box,
+                "heart_centre": centre}
 
     return collect(rows, read_row, spec=spec, image_size=image_size, where=f"jsrt {spec.split}")
+
+
+def heart_centre(mask: np.ndarray) -> np.ndarray:
+    """(x, y) [1, 2] of LD's chest landmark (the official code's), in the mask's own pixels.
+
+    Column: the heart mask's mean column; row: the mean row of the mask's pixels in that column. NaN for an
+    empty mask.
+    """
+    rows, cols = np.nonzero(mask)
+    if not len(cols):
+        return np.full((1, 2), np.nan, np.float32)
+    x = cols.mean()
+    column = cols[np.argmin(np.abs(cols - x))]  # The mean column, or the nearest one the mask reaches.
+    return np.array([[x, rows[cols == column].mean()]], np.float32)
 
 
 def _jsrt_landmarks(path: pathlib.Path, orig_size, image_size: int) -> np.ndarray:

@@ -3,8 +3,11 @@
 The template is the first image of `data.template` with all its landmarks; every image of `data.eval` with
 all its landmarks is a query. Errors are Euclidean distances in each query's own pixels (the frame of the
 landmark CSVs, e.g. 512 px for ../shared/data/jsrt): `landmark_mre_px` (mean radial error) and
-`landmark_sdr_{r}px` (the fraction within r px), then the same for `copy_` (the template's coordinates) and
-`ncc_` (raw-intensity patch matching). `landmarks.png` shows the worst and best queries.
+`landmark_sdr_{r}px` (the fraction within r px), then the same for `copy_` (the template's coordinates),
+`ncc_` (raw-intensity patch matching) and, with `landmarks.align`, `aligned_` (the moved template before the
+local search). The template image is never its own query. Where both sets have heart masks (jsrt), the heart
+centre (LD's own chest landmark, `shared.heart_centre`) is located too: `{name}_heart_centre_error_px`.
+`landmarks.png` shows the best and worst queries (errors in the queries' own pixels).
 
 With the shape prior (`shape.weight` > 0), cluster channel 0 > 0.5 is a segmentation of `shape.structure`:
 `shape_dice_<structure>` on the images of `data.eval` with that mask (the official test's threshold and
@@ -19,40 +22,53 @@ import pathlib
 
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
 from cxr_jax import runs
 from cxr_jax.config import ConfigError
 from cxr_jax.data import sources
 from cxr_jax.data.sources import fileio
 from cxr_jax.methods.ld import landmarks as lm
+from cxr_jax.methods.ld import pictures
 from cxr_jax.methods.segment import evaluate as segment_eval
 
 RADII = (5, 10, 20)
 
 
 def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
-    """Landmark metrics of LD and both baselines; writes `landmarks.png` to `outdir`."""
+    """Landmark metrics of LD and the baselines; writes `landmarks.png` to `outdir`."""
     config = method.config
     loaded = {name: sources.load(config.data[name], image_size=config.image_size, seed=config.seed)
               for name in ("template", "eval")}
     template, queries = (_with_landmarks(loaded[name], config.data[name]) for name in ("template", "eval"))
-    t_image, t_xy = template["image"][0], template["landmarks"][0]
+    t_image = template["image"][0]
+    queries = _without_template(queries, t_image, config.data.eval)
+    num = template["landmarks"].shape[1]  # Contour points; the heart centre, where known, is one more.
+    t_xy, truth = template["landmarks"][0], queries["landmarks"]
+    heart = "heart_centre" in template and "heart_centre" in queries
+    if heart:
+        t_xy = np.concatenate([t_xy, template["heart_centre"][0]])
+        truth = np.concatenate([truth, queries["heart_centre"]], axis=1)
     keys = lm.template_keys(method, state, mesh, t_image, t_xy)
+    found = lm.locate(method, state, mesh, queries["image"], keys, t_xy)
     predictions = {
-        "landmark": lm.locate(method, state, mesh, queries["image"], keys),
-        "copy": np.broadcast_to(t_xy, queries["landmarks"].shape),
+        "landmark": found["landmark"],
+        "copy": np.broadcast_to(t_xy, truth.shape),
         "ncc": _ncc(queries["image"], t_image, t_xy, patch=config.landmarks.ncc_patch),
     }
+    if config.landmarks.align != "none":
+        predictions["aligned"] = found["expected"]  # The moved template alone, before the local search.
     size = config.image_size
-    truth = _original(queries["landmarks"], queries["orig_size"], size)
-    result = {}
+    original = _original(truth, queries["orig_size"], size)
+    result, per_query = {}, {}
     for name, xy in predictions.items():
-        errors = np.linalg.norm(_original(xy, queries["orig_size"], size) - truth, axis=-1)
-        result.update(landmark_metrics(errors, prefix=name))
-        if name == "landmark":
-            _figure(queries["image"], queries["landmarks"], xy, errors, outdir / "landmarks.png")
-    result.update(num_queries=float(len(truth)), num_landmarks=float(truth.shape[1]))
+        errors = np.linalg.norm(_original(xy, queries["orig_size"], size) - original, axis=-1)
+        result.update(landmark_metrics(errors[:, :num], prefix=name))
+        per_query[name] = errors[:, :num].mean(axis=1)
+        if heart:
+            result[f"{name}_heart_centre_error_px"] = float(errors[:, num].mean())
+    result.update(num_queries=float(len(truth)), num_landmarks=float(num))
+    _figure(queries["image"], truth[:, :num], {k: predictions[k][:, :num] for k in ("landmark", "copy")},
+            per_query, outdir / "landmarks.png")
     if config.shape.weight > 0:
         prior = method.shape_masks()[..., 0]
         result.update(shape_dice(method, state, mesh, loaded["eval"], outdir, prior=prior))
@@ -93,7 +109,7 @@ def landmark_metrics(errors: np.ndarray, *, prefix: str) -> dict[str, float]:
 
 
 def _with_landmarks(data: dict[str, np.ndarray], spec) -> dict[str, np.ndarray]:
-    """In-memory images, landmarks and original sizes of the loaded examples whose landmarks are all known."""
+    """In-memory images, landmarks, original sizes (and heart centres) of the examples with every landmark."""
     if "landmarks" not in data:
         raise ConfigError(f"data source {spec.source!r} ({spec.path}) has no landmarks; LD's evaluation needs "
                           "a set in a layout with landmarks (e.g. jsrt)")
@@ -101,9 +117,20 @@ def _with_landmarks(data: dict[str, np.ndarray], spec) -> dict[str, np.ndarray]:
         raise ConfigError("LD's evaluation matches raw pixels (ncc): set data.template.stream and "
                           "data.eval.stream to False")
     keep = np.isfinite(data["landmarks"]).all(axis=(1, 2))
+    keys = ["image", "landmarks", "orig_size"]
+    if "heart_centre" in data and np.isfinite(data["heart_centre"][keep]).all():
+        keys.append("heart_centre")
     if not keep.any():
         raise sources.DataError(f"data source {spec.source!r} ({spec.path}): no image has all its landmarks")
-    return {k: data[k][keep] for k in ("image", "landmarks", "orig_size")}
+    return {k: data[k][keep] for k in keys}
+
+
+def _without_template(queries: dict[str, np.ndarray], template: np.ndarray, spec) -> dict[str, np.ndarray]:
+    """The queries other than the template image itself (it is never its own query)."""
+    keep = np.array([not np.array_equal(image, template) for image in queries["image"]])
+    if not keep.any():
+        raise sources.DataError(f"data source {spec.source!r} ({spec.path}): no query besides the template")
+    return {k: v[keep] for k, v in queries.items()}
 
 
 def _original(xy: np.ndarray, orig_sizes: np.ndarray, size: int) -> np.ndarray:
@@ -120,11 +147,12 @@ def _ncc(images: np.ndarray, template: np.ndarray, xy: np.ndarray, *, patch: int
     return np.concatenate(out)
 
 
-def _figure(images: np.ndarray, truth: np.ndarray, located: np.ndarray, errors: np.ndarray,
-            path: pathlib.Path, num: int = 3) -> None:
-    """The best and worst queries by mean error at the model's resolution: LD red, ground truth green."""
-    order = np.argsort(errors.mean(axis=1))
+def _figure(images: np.ndarray, truth: np.ndarray, predictions: dict[str, np.ndarray],
+            errors: dict[str, np.ndarray], path: pathlib.Path, num: int = 3) -> None:
+    """The best and worst queries by LD's mean error (`errors`: per query, original pixels), with the copy."""
+    order = np.argsort(errors["landmark"])
     chosen = list(dict.fromkeys([*order[:num], *order[::-1][:num]]))
-    panels = [np.asarray(lm.draw(images[i, ..., 0], {"ld": located[i], "truth": truth[i]}, radius=1))
-              for i in chosen]
-    Image.fromarray(np.concatenate(panels, axis=1)).save(path)
+    points = {"ground truth": truth[chosen], "LD": predictions["landmark"][chosen],
+              "template copy": predictions["copy"][chosen]}
+    titles = [f"query {i}: LD {errors['landmark'][i]:.1f} px, copy {errors['copy'][i]:.1f} px" for i in chosen]
+    pictures.landmark_figure(images[chosen], points, path, titles=titles)

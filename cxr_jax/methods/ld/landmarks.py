@@ -8,6 +8,12 @@ sampled) is compared by cosine with every query pixel; the landmark goes to the 
 to the softmax-weighted centroid of a small window around it. Baselines: `copy` (the template's coordinates)
 and `ncc` (normalised cross-correlation of a raw-intensity patch around each template landmark).
 
+Radiographs are roughly aligned, so a landmark's best match anywhere in the image is often worse than the
+template's own position. Two optional priors (coarse to fine, as one-shot detectors such as CC2D use) keep the
+search near where the landmark should be: `align` moves the template's points by a similarity or affine
+transform fitted to the whole-image matches (trimmed least squares, so wrong matches do not pull it), and
+`window` > 0 searches only within that radius of the expected position (the template's, or the moved one).
+
 Coordinates are (x, y) pixel centres of the square, resized frame the model sees (`fileio.square_coords`); the
 command and the evaluator convert them to and from each image's own pixels.
 """
@@ -25,6 +31,7 @@ from PIL import Image, ImageDraw
 
 from cxr_jax import parallel, runs
 from cxr_jax.data.sources import fileio
+from cxr_jax.methods.ld.geometry import ALIGN_PARAMETERS, fit_transform, within
 from cxr_jax.ops import l2_normalize
 
 
@@ -117,9 +124,9 @@ class Localiser:
         """Template features [L, D] at points xy [L, 2] of one square uint8 image [S, S, 1]."""
         return template_keys(self.method, self.state, self.mesh, template, xy)
 
-    def locate(self, images: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    def locate(self, images: np.ndarray, keys: np.ndarray, template_xy: np.ndarray) -> np.ndarray:
         """(x, y) [N, L, 2] in the square frame of uint8 images [N, S, S, 1]."""
-        return locate(self.method, self.state, self.mesh, images, keys)
+        return locate(self.method, self.state, self.mesh, images, keys, template_xy)["landmark"]
 
 
 def template_keys(method, state, mesh, template: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -128,18 +135,32 @@ def template_keys(method, state, mesh, template: np.ndarray, xy: np.ndarray) -> 
     return np.asarray(l2_normalize(sample(jnp.asarray(pooled), jnp.asarray(xy, jnp.float32))))
 
 
-def locate(method, state, mesh, images: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Each landmark's position [N, L, 2] in every image, one batch at a time on the mesh."""
+def locate(method, state, mesh, images: np.ndarray, keys: np.ndarray,
+           template_xy: np.ndarray) -> dict[str, np.ndarray]:
+    """Each landmark's position [N, L, 2] in every image, one batch at a time on the mesh.
+
+    `landmark`: LD's answer; `expected`: where the search was centred (the template's points, moved when
+    `landmarks.align` is set).
+    """
     c = method.config.landmarks
-    fn = functools.partial(_locate_batch, method, keys=jnp.asarray(keys), sigma=c.sigma, refine=c.refine,
-                           temperature=c.refine_temperature)
-    xy, rows = runs.predict(method, state, {"image": images}, mesh, fn=fn)
-    return xy[np.argsort(rows)]
+    # A fit needs as many points as the transform has unknowns (half of them are trimmed): else no alignment.
+    align = c.align if len(template_xy) >= ALIGN_PARAMETERS[c.align] else "none"
+    fn = functools.partial(_locate_batch, method, keys=jnp.asarray(keys),
+                           template_xy=jnp.asarray(template_xy, jnp.float32), sigma=c.sigma, refine=c.refine,
+                           temperature=c.refine_temperature, align=align, window=c.window, keep=c.align_keep)
+    out, rows = runs.predict(method, state, {"image": images}, mesh, fn=fn)
+    return {k: v[np.argsort(rows)] for k, v in out.items()}
 
 
-def _locate_batch(method, state, batch, *, keys, sigma, refine, temperature):
-    pooled = _pooled_batch(method, state, batch, sigma=sigma)
-    return peaks(ld_scores(pooled, keys), refine=refine, temperature=temperature)
+def _locate_batch(method, state, batch, *, keys, template_xy, sigma, refine, temperature, align, window, keep):
+    scores = ld_scores(_pooled_batch(method, state, batch, sigma=sigma), keys)
+    expected = jnp.broadcast_to(template_xy, (scores.shape[0], *template_xy.shape))
+    if align != "none":
+        found = peaks(scores, refine=refine, temperature=temperature)
+        expected = jax.vmap(functools.partial(fit_transform, template_xy, kind=align, keep=keep))(found)
+    if window > 0:
+        scores = within(scores, expected, window)
+    return {"landmark": peaks(scores, refine=refine, temperature=temperature), "expected": expected}
 
 
 def _pooled(method, state, mesh, images: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from cxr_jax.config import ConfigError
 from cxr_jax.data import augment, sources
-from cxr_jax.methods.ld import losses
+from cxr_jax.methods.ld import geometry, losses
 from cxr_jax.methods.ld import model as ld_model
 from cxr_jax.models import unet
 from cxr_jax.train import state as state_lib
@@ -68,6 +68,7 @@ class LD(Method):
                               f"pools) and by loss.grid={grid}")
         if config.batch_size % 2:
             raise ConfigError(f"batch_size={config.batch_size} must be even: rows i and i + B/2 are mixup pairs")
+        _check_landmarks(config.landmarks)
         dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
         self.model = ld_model.LDNet(m.embed_dim, m.num_clusters, tuple(m.layers), tuple(map(tuple, m.widths)),
                                     dtype, m.remat)
@@ -212,3 +213,13 @@ class LD(Method):
     def predict(self, state: state_lib.TrainState, batch) -> dict[str, jax.Array]:
         """Pixel embeddings [B, S, S, D] and cluster assignments [B, S, S, K] of eval images."""
         return self.model.apply({"params": state.params["model"], **state.model_state}, batch["image"])
+
+
+def _check_landmarks(c: ml_collections.ConfigDict) -> None:
+    """The one-shot search's settings (`methods/ld/landmarks.py`), checked before anything trains."""
+    if c.align not in geometry.ALIGN_PARAMETERS:
+        raise ConfigError(f"landmarks.align must be one of {sorted(geometry.ALIGN_PARAMETERS)}, got {c.align!r}")
+    if not 0 < c.align_keep <= 1:
+        raise ConfigError(f"landmarks.align_keep must be in (0, 1], got {c.align_keep}")
+    if c.window and c.window < 1:
+        raise ConfigError(f"landmarks.window must be 0 (the whole image) or a radius of at least 1 px, got {c.window}")

@@ -9,8 +9,9 @@ from PIL import Image
 
 from cxr_jax.cli import main
 from cxr_jax.data import sources
-from cxr_jax.data.sources import fileio
+from cxr_jax.data.sources import fileio, shared
 from cxr_jax.methods.ld import evaluate as ld_eval
+from cxr_jax.methods.ld import geometry
 from cxr_jax.methods.ld import landmarks as lm
 from tests.conftest import ROOT
 
@@ -58,6 +59,52 @@ def test_ncc_matches_a_float64_recomputation_and_finds_a_shifted_copy():
     np.testing.assert_allclose(scores[0, 0, 9, 5], 1.0, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["similarity", "affine"])
+def test_fit_transform_recovers_a_transform_despite_wrong_matches(kind):
+    source = RNG.uniform(10, 110, size=(120, 2))
+    a = np.array([[1.1, -0.2], [0.2, 1.1]]) if kind == "similarity" else np.array([[1.05, 0.1], [-0.05, 0.9]])
+    target = source @ a.T + [7.0, -4.0]
+    noisy = target.copy()
+    wrong = RNG.choice(120, 40, replace=False)  # A third of the matches anywhere in the image.
+    noisy[wrong] = RNG.uniform(0, 128, size=(40, 2))
+    moved = np.asarray(geometry.fit_transform(jnp.asarray(source, jnp.float32), jnp.asarray(noisy, jnp.float32),
+                                              kind=kind))
+    np.testing.assert_allclose(moved, target, atol=1e-2)
+    plain = np.asarray(geometry.fit_transform(jnp.asarray(source, jnp.float32), jnp.asarray(noisy, jnp.float32),
+                                              kind=kind, keep=1.0))  # Untrimmed: the wrong matches pull it off.
+    assert np.abs(plain - target).max() > 1.0
+
+
+def test_similarity_cannot_shear():
+    source = jnp.asarray(RNG.uniform(0, 50, size=(30, 2)), jnp.float32)
+    sheared = source @ jnp.array([[1.0, 0.5], [0.0, 1.0]]).T
+    affine = geometry.fit_transform(source, sheared, kind="affine", keep=1.0)
+    similarity = geometry.fit_transform(source, sheared, kind="similarity", keep=1.0)
+    np.testing.assert_allclose(affine, sheared, atol=1e-3)
+    assert np.abs(np.asarray(similarity - sheared)).max() > 1.0
+
+
+def test_within_keeps_a_disk_and_searches_only_there():
+    scores = np.zeros((1, 2, 12, 12), np.float32)
+    scores[0, :, 1, 1] = 1.0  # The global best for both points, far from the expected positions.
+    scores[0, 0, 8, 9] = scores[0, 1, 3, 10] = 0.5
+    centres = jnp.asarray([[[8.0, 7.0], [30.0, 3.0]]])  # (x, y); the second is off the map and gets clamped.
+    kept = np.asarray(geometry.within(jnp.asarray(scores), centres, 2.0))
+    yy, xx = np.mgrid[0:12, 0:12]
+    np.testing.assert_array_equal(kept[0, 0] > -1, (xx - 8) ** 2 + (yy - 7) ** 2 <= 4)
+    np.testing.assert_array_equal(kept[0, 1] > -1, (xx - 11) ** 2 + (yy - 3) ** 2 <= 4)
+    np.testing.assert_array_equal(lm.peaks(jnp.asarray(kept))[0], [[9, 8], [10, 3]])
+
+
+def test_heart_centre_is_the_mean_column_and_its_mean_row():
+    mask = np.zeros((20, 20), np.uint8)
+    mask[4:10, 3:6] = 255  # Columns 3-5, rows 4-9.
+    mask[12:14, 5] = 255  # Column 5 also has rows 12-13; the mean column moves right of 4.
+    x = (3 * 6 + 4 * 6 + 5 * 8) / 20
+    np.testing.assert_allclose(shared.heart_centre(mask), [[x, 6.5]])  # Nearest column 4: rows 4-9.
+    assert np.isnan(shared.heart_centre(np.zeros((4, 4)))).all()
+
+
 def test_landmarks_command_finds_the_template_in_itself(ld_run, tmp_path):
     image = (RNG.uniform(size=(40, 30)) * 255).astype(np.uint8)  # Not square: exercises the padding.
     Image.fromarray(image).save(tmp_path / "t.png")
@@ -83,8 +130,10 @@ def test_evaluate_takes_any_directory_in_the_jsrt_layout(ld_run, tmp_path, capsy
                  for key, value in (("source", "jsrt"), ("path", tmp_path / "set"), ("split", "all"))]
     assert main.main(["evaluate", "--config", SMOKE, "--workdir", str(ld_run), *overrides]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["num_queries"] == 2 and result["copy_mre_px"] == 0.0  # Template A's points are B's.
+    assert result["num_queries"] == 1 and result["copy_mre_px"] == 0.0  # Query B has template A's points.
     assert np.isfinite(result["landmark_mre_px"]) and np.isfinite(result["ncc_mre_px"])
+    assert result["copy_heart_centre_error_px"] == 0.0  # Same heart masks; the template is not its own query.
+    assert np.isfinite(result["landmark_heart_centre_error_px"])
 
 
 def test_bad_landmark_csv_names_the_file(tmp_path):
