@@ -27,11 +27,22 @@ def quiet_libraries(verbose: bool) -> None:
     if verbose:
         import cxr_jax
 
+        sys.unraisablehook = sys.__unraisablehook__
+
         if cxr_jax.TF_LOG_LEVEL_DEFAULTED:  # The user did not choose a level: show TensorFlow's warnings too.
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     else:  # Third-party deprecation notices are for their callers' developers.
         for category in (DeprecationWarning, FutureWarning, UserWarning):
             warnings.filterwarnings("ignore", category=category, module=r"(?!cxr_jax)")
+        # Orbax reading a damaged checkpoint (which the loop then moves aside and reports in one line) leaves
+        # failed read coroutines behind; Python would print their tracebacks whenever they are collected.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        sys.unraisablehook = _unraisable_to_debug_log
+
+
+def _unraisable_to_debug_log(unraisable) -> None:
+    """An exception Python could not raise (e.g. in a collected coroutine), logged at debug level only."""
+    logging.getLogger("cxr_jax").debug("ignored in %r: %r", unraisable.object, unraisable.exc_value)
 
 
 def status(line: str, *, err: bool = False) -> None:

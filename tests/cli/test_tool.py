@@ -176,6 +176,16 @@ def test_libraries_are_quiet_unless_verbose(caplog):
         console.quiet_libraries(verbose=False)
 
 
+def test_exceptions_python_cannot_raise_print_no_traceback_unless_verbose():
+    """E.g. Orbax's failed reads of a damaged checkpoint, collected after the loop moved it aside (CI saw one)."""
+    code = ("import sys; from cxr_jax.cli import console; console.quiet_libraries(verbose=sys.argv[1] == 'v')\n"
+            "class Reader:\n    def __del__(self): raise RuntimeError('read failed')\nReader()")
+    quiet, verbose = (subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, cwd=ROOT,
+                                     env=cli_env(), check=True) for flag in ("q", "v"))
+    assert "Traceback" not in quiet.stderr and "read failed" not in quiet.stderr, quiet.stderr
+    assert "Traceback" in verbose.stderr and "read failed" in verbose.stderr  # The check can fail.
+
+
 def test_evaluate_defaults_to_the_run_config_and_lists_its_files(dgm_run, tmp_path, capfd):
     run = tmp_path / "run"
     shutil.copytree(dgm_run, run)  # The shared run stays as it is.

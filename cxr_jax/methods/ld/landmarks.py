@@ -152,8 +152,14 @@ def locate(method, state, mesh, images: np.ndarray, keys: np.ndarray,
     return {k: v[np.argsort(rows)] for k, v in out.items()}
 
 
-def _locate_batch(method, state, batch, *, keys, template_xy, sigma, refine, temperature, align, window, keep):
-    scores = ld_scores(_pooled_batch(method, state, batch, sigma=sigma), keys)
+def _locate_batch(method, state, batch, *, sigma, **search_args):
+    return search(_pooled_batch(method, state, batch, sigma=sigma), **search_args)
+
+
+def search(pooled: jax.Array, *, keys: jax.Array, template_xy: jax.Array, refine: int, temperature: float,
+           align: str, window: float, keep: float) -> dict[str, jax.Array]:
+    """`locate`'s answer for averaged query embeddings [B, S, S, D] (see the module docstring)."""
+    scores = ld_scores(pooled, keys)
     expected = jnp.broadcast_to(template_xy, (scores.shape[0], *template_xy.shape))
     if align != "none":
         found = peaks(scores, refine=refine, temperature=temperature)
