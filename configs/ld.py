@@ -59,9 +59,11 @@ def _base() -> ml_collections.ConfigDict:
     c.landmarks.sigma = 4.0  # Centre-sensitive averaging: the Gaussian's σ.
     c.landmarks.refine = 2  # Refine the best pixel to a centroid over a (2r + 1)² window; 0: plain argmax.
     c.landmarks.refine_temperature = 0.05  # Of the softmax over the window's cosine scores.
-    c.landmarks.align = "none"  # none | similarity | affine: move the template's points to fit the matches first.
+    # Priors for aligned radiographs (`methods/ld/landmarks.py`), all in model pixels; the defaults switch them off.
+    c.landmarks.window = 0.0  # Match each point only within this radius of the template's position; 0: anywhere.
+    c.landmarks.align = "none"  # none | similarity | affine: the answer is the template moved onto the matches.
     c.landmarks.align_keep = 0.5  # Fraction of matches each refit of the trimmed least squares keeps.
-    c.landmarks.window = 0.0  # Search radius around each expected position (model px); 0: the whole image.
+    c.landmarks.local_window = 0.0  # With align: search this radius around each moved point; 0: keep the moved one.
     c.landmarks.ncc_patch = 15  # Side of the raw-intensity patch the ncc baseline matches (odd).
 
     c.shape = ml_collections.ConfigDict()  # Shape-guided segmentation: an adversarial prior on cluster channel 0.

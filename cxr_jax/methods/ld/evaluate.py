@@ -4,8 +4,8 @@ The template is the first image of `data.template` with all its landmarks; every
 all its landmarks is a query. Errors are Euclidean distances in each query's own pixels (the frame of the
 landmark CSVs, e.g. 512 px for ../shared/data/jsrt): `landmark_mre_px` (mean radial error) and
 `landmark_sdr_{r}px` (the fraction within r px), then the same for `copy_` (the template's coordinates),
-`ncc_` (raw-intensity patch matching) and, with `landmarks.align`, `aligned_` (the moved template before the
-local search). The template image is never its own query. Where both sets have heart masks (jsrt), the heart
+`ncc_` (raw-intensity patch matching) and, with `landmarks.local_window`, `aligned_` (the moved template before
+the local search). The template image is never its own query. Where both sets have heart masks (jsrt), the heart
 centre (LD's own chest landmark, `shared.heart_centre`) is located too: `{name}_heart_centre_error_px`.
 `landmarks.png` shows the best and worst queries (errors in the queries' own pixels).
 
@@ -55,7 +55,7 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
         "copy": np.broadcast_to(t_xy, truth.shape),
         "ncc": _ncc(queries["image"], t_image, t_xy, patch=config.landmarks.ncc_patch),
     }
-    if config.landmarks.align != "none":
+    if config.landmarks.align != "none" and config.landmarks.local_window > 0:
         predictions["aligned"] = found["expected"]  # The moved template alone, before the local search.
     size = config.image_size
     original = _original(truth, queries["orig_size"], size)

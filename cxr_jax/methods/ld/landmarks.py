@@ -9,10 +9,11 @@ to the softmax-weighted centroid of a small window around it. Baselines: `copy` 
 and `ncc` (normalised cross-correlation of a raw-intensity patch around each template landmark).
 
 Radiographs are roughly aligned, so a landmark's best match anywhere in the image is often worse than the
-template's own position. Two optional priors (coarse to fine, as one-shot detectors such as CC2D use) keep the
-search near where the landmark should be: `align` moves the template's points by a similarity or affine
-transform fitted to the whole-image matches (trimmed least squares, so wrong matches do not pull it), and
-`window` > 0 searches only within that radius of the expected position (the template's, or the moved one).
+template's own position. Optional priors, coarse to fine (as one-shot detectors such as CC2D use), keep the
+answer near where the landmark should be: `window` > 0 looks for each match only within that radius of the
+template's own position; `align` then moves all the template's points by one similarity or affine transform
+fitted to those matches (trimmed least squares, so wrong matches do not pull it): a shape-constrained answer,
+which `local_window` > 0 lets each point leave by a final search within that radius of its moved position.
 
 Coordinates are (x, y) pixel centres of the square, resized frame the model sees (`fileio.square_coords`); the
 command and the evaluator convert them to and from each image's own pixels.
@@ -147,7 +148,8 @@ def locate(method, state, mesh, images: np.ndarray, keys: np.ndarray,
     align = c.align if len(template_xy) >= ALIGN_PARAMETERS[c.align] else "none"
     fn = functools.partial(_locate_batch, method, keys=jnp.asarray(keys),
                            template_xy=jnp.asarray(template_xy, jnp.float32), sigma=c.sigma, refine=c.refine,
-                           temperature=c.refine_temperature, align=align, window=c.window, keep=c.align_keep)
+                           temperature=c.refine_temperature, window=c.window, align=align,
+                           local_window=c.local_window, keep=c.align_keep)
     out, rows = runs.predict(method, state, {"image": images}, mesh, fn=fn)
     return {k: v[np.argsort(rows)] for k, v in out.items()}
 
@@ -157,16 +159,22 @@ def _locate_batch(method, state, batch, *, sigma, **search_args):
 
 
 def search(pooled: jax.Array, *, keys: jax.Array, template_xy: jax.Array, refine: int, temperature: float,
-           align: str, window: float, keep: float) -> dict[str, jax.Array]:
-    """`locate`'s answer for averaged query embeddings [B, S, S, D] (see the module docstring)."""
+           window: float, align: str, local_window: float, keep: float) -> dict[str, jax.Array]:
+    """`locate`'s answer for averaged query embeddings [B, S, S, D] (see the module docstring).
+
+    `landmark`: the answer; `expected`: the template's points, moved when aligned.
+    """
     scores = ld_scores(pooled, keys)
-    expected = jnp.broadcast_to(template_xy, (scores.shape[0], *template_xy.shape))
-    if align != "none":
-        found = peaks(scores, refine=refine, temperature=temperature)
-        expected = jax.vmap(functools.partial(fit_transform, template_xy, kind=align, keep=keep))(found)
-    if window > 0:
-        scores = within(scores, expected, window)
-    return {"landmark": peaks(scores, refine=refine, temperature=temperature), "expected": expected}
+    template = jnp.broadcast_to(template_xy, (scores.shape[0], *template_xy.shape))
+    matches = peaks(within(scores, template, window) if window > 0 else scores, refine=refine,
+                    temperature=temperature)
+    if align == "none":
+        return {"landmark": matches, "expected": template}
+    expected = jax.vmap(functools.partial(fit_transform, template_xy, kind=align, keep=keep))(matches)
+    if local_window > 0:
+        return {"landmark": peaks(within(scores, expected, local_window), refine=refine, temperature=temperature),
+                "expected": expected}
+    return {"landmark": expected, "expected": expected}
 
 
 def _pooled(method, state, mesh, images: np.ndarray) -> np.ndarray:

@@ -17,21 +17,24 @@ pass's (stopped) channel 0, as the official order (network first, then critic).
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tensorflow as tf
 
 from cxr_jax.config import ConfigError
-from cxr_jax.data import augment, sources
+from cxr_jax.data import sources
 from cxr_jax.methods.ld import geometry, losses
 from cxr_jax.methods.ld import model as ld_model
 from cxr_jax.models import unet
 from cxr_jax.train import state as state_lib
 from cxr_jax.train.method import Method
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def align_view2(grid: jax.Array, *, k: jax.Array, flip: jax.Array) -> jax.Array:
@@ -86,6 +89,8 @@ class LD(Method):
                                      spec.source) for spec in specs]
         if self.config.shape.weight <= 0:
             return sources.concatenate(parts), self.preprocess_train
+        import tensorflow as tf  # Only where data is built (see `train.method`).
+
         masks = tf.constant(self.shape_masks())
         return sources.concatenate(parts), functools.partial(self.preprocess_train, shape_masks=masks)
 
@@ -105,6 +110,10 @@ class LD(Method):
 
         Given the shape prior's masks [M, S, S, 1], also two augmented ones per image (`real_masks`).
         """
+        import tensorflow as tf  # Only where data is built (see `train.method`).
+
+        from cxr_jax.data import augment
+
         view_seed, mask_seed = tf.unstack(augment.split_seed(example["seed"], 2))
         views = augment.ld_views(augment.to_unit(example["image"]), view_seed, self.config.augment)
         out = {**views, "view1": views["view1"] * 2.0 - 1.0, "view2": views["view2"] * 2.0 - 1.0}
@@ -112,7 +121,17 @@ class LD(Method):
             out["real_masks"] = augment.ld_shape_masks(shape_masks, mask_seed, self.config.augment, num=2)
         return out
 
-    preprocess_eval = staticmethod(augment.float_image)  # Eval images: [-1, 1] floats, no augmentation.
+    def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Two random [-1, 1] views, view 2's turn, mixup weights and, with the shape prior, random masks."""
+        rng = np.random.default_rng(seed)
+        size = self.config.image_size
+        batch = {f"view{i}": rng.uniform(-1.0, 1.0, (batch_size, size, size, 1)).astype(np.float32) for i in (1, 2)}
+        batch.update(k=rng.integers(0, 4, batch_size, dtype=np.int32),
+                     flip=rng.integers(0, 2, batch_size, dtype=np.int32),
+                     mix=rng.uniform(*self.config.augment.mixup, batch_size).astype(np.float32))
+        if self.config.shape.weight > 0:
+            batch["real_masks"] = (rng.random((batch_size, 2, size, size, 1)) < 0.5).astype(np.float32)
+        return batch
 
     def evaluate(self, state: state_lib.TrainState, mesh, outdir) -> dict[str, float]:
         """See `cxr_jax.methods.ld.evaluate` (imported here: training needs none of its plotting)."""
@@ -221,5 +240,6 @@ def _check_landmarks(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"landmarks.align must be one of {sorted(geometry.ALIGN_PARAMETERS)}, got {c.align!r}")
     if not 0 < c.align_keep <= 1:
         raise ConfigError(f"landmarks.align_keep must be in (0, 1], got {c.align_keep}")
-    if c.window and c.window < 1:
-        raise ConfigError(f"landmarks.window must be 0 (the whole image) or a radius of at least 1 px, got {c.window}")
+    for key in ("window", "local_window"):
+        if c[key] and c[key] < 1:
+            raise ConfigError(f"landmarks.{key} must be 0 (off) or a radius of at least 1 model pixel, got {c[key]}")

@@ -1,5 +1,6 @@
 """One-shot landmarks: averaging, sampling, peaks and ncc in closed form; the command and the evaluator."""
 
+import functools
 import json
 
 import jax.numpy as jnp
@@ -94,6 +95,26 @@ def test_within_keeps_a_disk_and_searches_only_there():
     np.testing.assert_array_equal(kept[0, 0] > -1, (xx - 8) ** 2 + (yy - 7) ** 2 <= 4)
     np.testing.assert_array_equal(kept[0, 1] > -1, (xx - 11) ** 2 + (yy - 3) ** 2 <= 4)
     np.testing.assert_array_equal(lm.peaks(jnp.asarray(kept))[0], [[9, 8], [10, 3]])
+
+
+def test_search_moves_the_template_past_wrong_matches_and_windows_exclude_them():
+    template = np.array([[6, 6], [20, 5], [25, 12], [8, 20], [15, 15], [22, 24], [5, 27], [12, 9], [18, 21],
+                         [27, 27]], np.float32)
+    truth = template + [3, 2]  # The query is the template shifted.
+    pooled = np.zeros((1, 32, 32, 10), np.float32)
+    for i, (x, y) in enumerate(truth.astype(int)):
+        pooled[0, y, x, i] = 0.9
+    for i, (x, y) in {1: (2, 30), 4: (30, 2), 7: (30, 30)}.items():  # Three points match better far away.
+        pooled[0, y, x, i] = 1.0
+    run = functools.partial(lm.search, jnp.asarray(pooled), keys=jnp.eye(10), template_xy=jnp.asarray(template),
+                            refine=0, temperature=0.05, keep=0.5)
+    plain = np.asarray(run(window=0.0, align="none", local_window=0.0)["landmark"][0])
+    assert (np.abs(plain - truth).max(axis=1) > 5).sum() == 3
+    moved = run(window=0.0, align="similarity", local_window=0.0)
+    np.testing.assert_allclose(moved["landmark"][0], truth, atol=1e-3)  # The shape-constrained answer.
+    np.testing.assert_allclose(run(window=6.0, align="none", local_window=0.0)["landmark"][0], truth)
+    local = run(window=0.0, align="affine", local_window=2.0)
+    np.testing.assert_allclose(local["landmark"][0], truth, atol=1e-3)
 
 
 def test_heart_centre_is_the_mean_column_and_its_mean_row():
