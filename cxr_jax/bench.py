@@ -18,7 +18,7 @@ import numpy as np
 
 from cxr_jax import config as config_lib
 from cxr_jax import registry
-from cxr_jax.data import augment, pipeline, sources
+from cxr_jax.data import sources
 from cxr_jax.train import loop
 
 
@@ -30,38 +30,60 @@ def run(config: ml_collections.ConfigDict, *, matmul_size: int = 2048, compile_o
     once, so with gradient caching (micro-batches in `lax.scan`) `flops_per_step` covers one micro-batch.
     """
     s = loop.setup(config)
-    state = s.init_fn(jax.random.key(config.seed), s.first_batch)
-    t0 = time.perf_counter()
-    compiled = s.step_fn.lower(state, s.first_batch).compile()
     result = {"method": config.method, "devices": jax.device_count(), "batch_size": config.batch_size,
               "image_size": config.image_size, "mixed_precision": config.mixed_precision,
-              "compile_time_s": time.perf_counter() - t0, "flops_per_step": _flops(compiled), **_memory(compiled)}
+              **time_step(s.init_fn, s.step_fn, s.first_batch, seed=config.seed, warmup=config.bench.warmup_steps,
+                          steps=config.bench.num_steps, compile_only=compile_only)}
     if compile_only:
         return result
-    for _ in range(config.bench.warmup_steps):
-        state, _ = compiled(state, s.first_batch)
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(config.bench.num_steps):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, s.first_batch)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-    step_time = statistics.median(times)
     peak = matmul_peak_flops(matmul_size)
-    flops = result["flops_per_step"]
     result.update({
-        "timed_steps": len(times),
-        "step_time_median_s": step_time,
-        "step_time_min_s": min(times),
-        "examples_per_sec": config.batch_size / step_time,
-        "achieved_flops_per_sec": flops / step_time,
         "matmul_peak_flops_per_sec": peak,
-        "fraction_of_peak": flops / step_time / peak,
+        "fraction_of_peak": result["achieved_flops_per_sec"] / peak,
         "input_examples_per_sec": _input_rate(s.batches, config.batch_size, max(config.bench.num_steps, 5)),
         "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     })
     return result
+
+
+def time_step(init_fn, step_fn, batch: dict, *, seed: int, warmup: int, steps: int,
+              compile_only: bool = False) -> dict[str, float]:
+    """Compiles `step_fn` for a fresh state (`init_fn`) and `batch`, then times `steps` steps after `warmup`.
+
+    Every step takes the same batch, already on the devices. Returns the compile time, XLA's FLOPs and memory
+    plan of one step and, unless `compile_only`, step times (median, min), examples/s and achieved FLOP/s, and
+    the device's memory use where the backend reports it (`device_memory`). No data or TensorFlow involved.
+    FLOPs (and FLOP/s) are per device: XLA's cost analysis is of the program each device runs.
+    """
+    state = init_fn(jax.random.key(seed), batch)
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, batch).compile()
+    result = {"compile_time_s": time.perf_counter() - t0, "flops_per_step": _flops(compiled), **_memory(compiled)}
+    if compile_only:
+        return result
+    for _ in range(warmup):
+        state, _ = compiled(state, batch)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t0)
+    step_time = statistics.median(times)
+    batch_size = jax.tree.leaves(batch)[0].shape[0]
+    result.update({"timed_steps": len(times), "step_time_median_s": step_time, "step_time_min_s": min(times),
+                   "examples_per_sec": batch_size / step_time,
+                   "achieved_flops_per_sec": result["flops_per_step"] / step_time, **device_memory()})
+    return result
+
+
+def device_memory() -> dict[str, float]:
+    """The first local device's memory in use now and its peak so far in this process, in MiB ({} on CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    names = {"bytes_in_use": "device_memory_in_use_mb", "peak_bytes_in_use": "device_peak_memory_mb",
+             "bytes_limit": "device_memory_limit_mb"}
+    return {name: stats[key] / 2**20 for key, name in names.items() if key in stats}
 
 
 def summary(result: dict) -> str:
@@ -121,6 +143,8 @@ def _pipelines() -> dict:
 
     The views take the papers' ranges, from the methods' `paper` configs.
     """
+    from cxr_jax.data import augment  # TensorFlow: only where data is built (see `train.method`).
+
     convirt, ld = (config_lib.method_config(method, "paper").augment for method in ("convirt", "ld"))
     return {
         "decode": lambda image, seed: {"image": augment.to_unit(image)},
@@ -151,6 +175,8 @@ def run_data(config: ml_collections.ConfigDict, *, num_batches: int = 20) -> dic
 
 def _pipeline_rate(examples: dict[str, np.ndarray], preprocess, config, num_batches: int) -> float:
     """Examples/s of `preprocess` over this host's batches (after 3 warm-up batches for tf.data's autotuning)."""
+    from cxr_jax.data import pipeline  # TensorFlow: only where data is built (see `train.method`).
+
     ds, reader = pipeline.train_dataset(
         examples, preprocess=preprocess, global_batch=config.batch_size,
         seed=config.seed, start_step=0, rows=(0, config.batch_size), prefetch=config.data.prefetch,

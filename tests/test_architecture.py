@@ -100,3 +100,66 @@ def test_training_one_method_loads_no_other_method_and_no_plotting_module():
     plotting = [m for m in loaded if _imports_plotting(files[m])]
     assert not plotting, plotting
     assert any(_imports_plotting(p) for p in files.values())  # The check can fail: evaluators do import them.
+
+
+# Built, initialised and stepped where TensorFlow is not installed (benchmarks/accelerator.py on an accelerator's
+# image): importing these must not import TensorFlow; cxr_jax/data imports it where data is built.
+TF_FREE = ("cxr_jax.registry", "cxr_jax.bench", "cxr_jax.train.loop", "cxr_jax.methods.dgm.trainer",
+           "cxr_jax.methods.convirt.trainer", "cxr_jax.methods.ld.trainer")
+TENSORFLOW = ("tensorflow", "tensorflow_datasets", "tensorboardX")
+
+
+def _imported_on_import(name: str, path: pathlib.Path) -> set[str]:
+    """What importing module `name` imports: its module-level and class-level imports (absolute names), not those
+    inside functions or under `if TYPE_CHECKING:`. `from a import b` gives both a and a.b."""
+    names, is_package = set(), path.name == "__init__.py"
+
+    def visit(statements):
+        for node in statements:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                visit(node.orelse)
+                continue
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = name.split(".")[: len(name.split(".")) - node.level + is_package]
+                    base = ".".join(parent + ([base] if base else []))
+                names.add(base)
+                names.update(f"{base}.{a.name}" for a in node.names)
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                if isinstance(getattr(node, field, None), list):
+                    visit(getattr(node, field))
+
+    visit(ast.parse(path.read_text()).body)
+    return names
+
+
+def test_building_and_stepping_a_method_imports_no_tensorflow():
+    """Statically, for TF_FREE; tests/train/test_method.py runs them with TensorFlow blocked."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+    def loaded(name):  # A module and the packages above it, as Python imports them.
+        parts = name.split(".")
+        return [m for m in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if m in modules]
+
+    for root in TF_FREE:
+        chains, queue = {root: [root]}, [root]
+        while queue:
+            module = queue.pop()
+            for target in sorted(_imported_on_import(module, modules[module])):
+                assert target.split(".")[0] not in TENSORFLOW, " → ".join(chains[module] + [target])
+                for m in loaded(target):
+                    if m not in chains:
+                        chains[m] = chains[module] + [m]
+                        queue.append(m)
+
+
+def test_imports_inside_functions_are_not_imported_on_import():
+    assert "tensorflow" in _imported_on_import("cxr_jax.data.augment", PACKAGE / "data" / "augment.py")
+    loop = PACKAGE / "train" / "loop.py"
+    assert "from cxr_jax.data import pipeline" in loop.read_text()  # In `setup`: data is built there.
+    assert "cxr_jax.data.pipeline" not in _imported_on_import("cxr_jax.train.loop", loop)

@@ -22,7 +22,6 @@ from jax.experimental import multihost_utils
 
 from cxr_jax import checkpoint, parallel, registry
 from cxr_jax import config as config_lib
-from cxr_jax.data import pipeline
 from cxr_jax.metrics import MetricWriter
 from cxr_jax.train import workdir as workdir_lib
 from cxr_jax.train.evaluation import PeriodicEvaluation
@@ -57,6 +56,8 @@ def setup(config: ml_collections.ConfigDict, start_step: int = 0, *, mesh: jax.s
 
     `run`: the run directory whose checkpoint the state will be restored from (`registry.build`).
     """
+    from cxr_jax.data import pipeline  # TensorFlow: only where data is built (see `train.method`).
+
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     method = method or registry.build(config, mesh, run=run)
@@ -67,14 +68,24 @@ def setup(config: ml_collections.ConfigDict, start_step: int = 0, *, mesh: jax.s
                                       on_error=config.data.train.on_error,
                                       composition=method.batch_composition)
     first = next(batches)
+    init_fn, step_fn, abstract = jitted(config, method, mesh, first)
+    return Setup(method, mesh, _chain(first, batches), first, init_fn, step_fn, abstract)
+
+
+def jitted(config: ml_collections.ConfigDict, method: Method, mesh: jax.sharding.Mesh, batch) -> tuple[Any, Any, Any]:
+    """`method.init` and `method.train_step` jitted for `mesh`, and the abstract state for batches like `batch`.
+
+    The state is replicated and donated to the step, the batch sharded over 'data'. What `setup` builds once it
+    has a first batch; without data, e.g. on a `Method.synthetic_batch` (`benchmarks/accelerator.py`).
+    """
     replicated = parallel.replicated(mesh)
     rng = jax.random.key(config.seed)
-    abstract = checkpoint.abstract_like(jax.eval_shape(method.init, rng, first), replicated)
+    abstract = checkpoint.abstract_like(jax.eval_shape(method.init, rng, batch), replicated)
     init_fn = jax.jit(method.init, out_shardings=replicated)
     step_fn = jax.jit(method.train_step, in_shardings=(replicated, parallel.batch_sharding(mesh)),
                       out_shardings=(replicated, replicated), donate_argnums=0,
                       compiler_options=parallel.compiler_options(mesh, ynn_fusions=config.train.cpu_ynn_fusions))
-    return Setup(method, mesh, _chain(first, batches), first, init_fn, step_fn, abstract)
+    return init_fn, step_fn, abstract
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainState:

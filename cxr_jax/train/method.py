@@ -8,6 +8,10 @@ A run directory may hold more than the config and checkpoints: what the model's 
 does not fix (ConVIRT's vocabulary, trained on a corpus). `write_run` puts it there when training starts and
 `read_run` takes it back whenever a method object serves an existing run, so every later command builds the
 model the run was trained with.
+
+TensorFlow belongs to the data side (`cxr_jax/data`: tf.data and the augmentations): a trainer imports it inside
+`train_data` and the preprocessing functions only, so building a method, `init` and `train_step` run where
+TensorFlow is not installed (an accelerator benchmarked on `synthetic_batch`es).
 """
 
 from __future__ import annotations
@@ -51,13 +55,23 @@ class Method(abc.ABC):
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
         """One optimisation step on a global batch: the new state and scalar metrics."""
 
-    @abc.abstractmethod
     def preprocess_eval(self, example: dict) -> dict:
-        """The tf.data preprocessing of one evaluation example (no augmentation)."""
+        """The tf.data preprocessing of one evaluation example, no augmentation (default: [-1, 1] float images)."""
+        from cxr_jax.data import augment  # TensorFlow: imported where data is built, never to build a step.
+
+        return augment.float_image(example)
 
     @abc.abstractmethod
     def evaluate(self, state: TrainState, mesh: jax.sharding.Mesh, outdir: pathlib.Path) -> dict[str, float]:
         """The method's named metrics on `config.data.eval`, with figures written to `outdir`."""
+
+    def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Optional hook: a global batch of random values, keys, shapes and dtypes as `train_data` gives them.
+
+        For timing `train_step` where neither the data nor TensorFlow is at hand (`benchmarks/accelerator.py`);
+        the values only need to be valid inputs (labels in range, token ids in the vocabulary).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no synthetic batch")
 
     def predict(self, state: TrainState, batch: dict) -> Any:
         """The model's outputs for an evaluation batch (what `runs.predict` maps by default)."""

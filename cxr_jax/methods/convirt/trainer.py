@@ -22,12 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tensorflow as tf
 from jax.sharding import PartitionSpec
 
 from cxr_jax import parallel, weights
 from cxr_jax.config import ConfigError
-from cxr_jax.data import augment, sources, text
+from cxr_jax.data import sources, text
 from cxr_jax.methods.convirt import losses as contrastive
 from cxr_jax.methods.convirt import model as convirt_model
 from cxr_jax.models import bert, resnet
@@ -112,6 +111,10 @@ class ConVIRT(Method):
 
     def preprocess_train(self, example):
         """The paper's image view in [-1, 1] and one random sentence of the report."""
+        import tensorflow as tf  # Only where data is built (see `train.method`).
+
+        from cxr_jax.data import augment
+
         image_seed, text_seed = tf.unstack(augment.split_seed(example["seed"], 2))
         image = augment.convirt_view(augment.to_unit(example["image"]), image_seed, self.config.augment)
         pick = tf.random.stateless_uniform([], text_seed, 0, example["num_sentences"], dtype=tf.int32)
@@ -119,7 +122,17 @@ class ConVIRT(Method):
         return {"image": image * 2.0 - 1.0, "input_ids": ids,
                 "attention_mask": tf.cast(ids != self.tokenizer.pad_id, tf.int32)}
 
-    preprocess_eval = staticmethod(augment.float_image)  # Eval images: [-1, 1] floats, no augmentation.
+    def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Random [-1, 1] images and a sentence per row: [CLS], 1 to max_length − 2 random words, [SEP], padding."""
+        rng = np.random.default_rng(seed)
+        size, length, tokenizer = self.config.image_size, self.config.text.max_length, self.tokenizer
+        words = np.setdiff1d(np.arange(len(tokenizer.vocab)), [tokenizer.ids[t] for t in text.SPECIALS
+                                                               if t in tokenizer.ids])
+        ids = np.full((batch_size, length), tokenizer.pad_id, np.int32)
+        for row, n in enumerate(rng.integers(1, length - 2, batch_size, endpoint=True)):
+            ids[row, :n + 2] = [tokenizer.cls_id, *rng.choice(words, n), tokenizer.sep_id]
+        return {"image": rng.uniform(-1.0, 1.0, (batch_size, size, size, 1)).astype(np.float32), "input_ids": ids,
+                "attention_mask": (ids != tokenizer.pad_id).astype(np.int32)}
 
     # --- Model -----------------------------------------------------------------------------------------------
 

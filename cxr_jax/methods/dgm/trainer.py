@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from cxr_jax.config import ConfigError
-from cxr_jax.data import augment, sources
+from cxr_jax.data import sources
 from cxr_jax.methods.dgm import losses, saliency
 from cxr_jax.methods.dgm import model as models
 from cxr_jax.train import state as state_lib
@@ -72,11 +72,19 @@ class DGM(Method):
 
     def preprocess_train(self, example):
         """A random shift (zero padding), then [-1, 1] floats."""
+        from cxr_jax.data import augment  # TensorFlow: only where data is built (see `train.method`).
+
         image = augment.to_float(example["image"])
         image = augment.random_shift(image, example["seed"], self.config.augment.max_shift)
         return {"image": image, "label": example["label"]}
 
-    preprocess_eval = staticmethod(augment.float_image)  # Eval images: [-1, 1] floats, no augmentation.
+    def synthetic_batch(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Random [-1, 1] images and labels, `batch_composition`'s normals (label 0) among them."""
+        rng = np.random.default_rng(seed)
+        size = self.config.image_size
+        normals, _ = normal_composition(batch_size, self.config.data.normal_fraction)
+        return {"image": rng.uniform(-1.0, 1.0, (batch_size, size, size, 1)).astype(np.float32),
+                "label": rng.permutation((np.arange(batch_size) >= normals).astype(np.int32))}
 
     # --- Model -----------------------------------------------------------------------------------------------
 

@@ -64,8 +64,6 @@ class Segment(Method):
         image = augment.random_contrast(stacked[..., :1] * 2.0 - 1.0, contrast_seed, a.contrast)
         return {"image": image, "masks": tf.cast(stacked[..., 1:] > 0.5, tf.float32)}
 
-    preprocess_eval = staticmethod(augment.float_image)  # Eval images: [-1, 1] floats, no augmentation.
-
     def evaluate(self, state: state_lib.TrainState, mesh, outdir) -> dict[str, float]:
         """See `cxr_jax.methods.segment.evaluate` (imported here: training needs none of its plotting)."""
         from cxr_jax.methods.segment import evaluate
