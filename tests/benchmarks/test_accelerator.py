@@ -24,7 +24,7 @@ def _run_without_tf(tmp_path, *args: str) -> tuple[list[dict], str]:
     return records, out.read_text()
 
 
-def test_one_case_runs_end_to_end_without_tensorflow(tmp_path):
+def test_one_case_runs_end_to_end_without_tensorflow(tmp_path):  # ~30 s pinned to one core: one LD smoke compile.
     records, table = _run_without_tf(tmp_path, *TINY, "--methods", "ld", "--precision", "fp32",
                                      "--peak-tflops", "0.5")
     (r,) = records

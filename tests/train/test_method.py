@@ -47,7 +47,7 @@ def test_methods_build_and_trace_their_step_without_tensorflow():
     assert out == {"results": dict.fromkeys(METHODS), "tf_modules": []}
 
 
-@pytest.mark.slow  # ~2 min pinned to one core: three compiles. Cheaper: the trace above, and test_accelerator.
+@pytest.mark.slow  # ~2.5–4 min pinned to one core: three compiles. Cheaper: the trace above, test_accelerator.
 def test_methods_run_a_step_without_tensorflow():
     out = _without_tf("tests.train.steps_without_tf", *METHODS)
     assert sorted(out["results"]) == sorted(METHODS) and not out["tf_modules"]
