@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# One XLA compilation cache for the whole session, CLI subprocesses included: many tests train the same
+# smoke configs, and XLA:CPU takes tens of seconds to compile e.g. DGM's parameter initialisation. A cached
+# executable is the same program, so results are unchanged; each session starts empty (no stale entries).
+_CACHE = tempfile.mkdtemp(prefix="cxr_jax_test_xla_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
