@@ -201,15 +201,17 @@ def _quiet_failed_reads() -> None:
     """Silences the debris of failed Orbax reads for the rest of the process; it would bury the warning.
 
     When TensorStore fails to read an array, Orbax's async restore leaves callbacks that later fire at a
-    closed event loop (each printed as a traceback, ~180 for a smoke model, some at exit) and futures whose
-    exception nobody retrieves (logged by asyncio when collected). Only those two are dropped.
+    closed event loop (each printed as a traceback, ~180 for a smoke model, some at exit), read coroutines
+    that raise when collected, and futures whose exception nobody retrieves (logged by asyncio when
+    collected). Only those are dropped.
     """
     previous = sys.unraisablehook
     if getattr(previous, "_cxr_quiet", False):
         return
 
     def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+        text = str(unraisable.exc_value)
+        if not ("Event loop is closed" in text or "error while reading array" in text):
             previous(unraisable)
 
     def unretrieved_read(record: logging.LogRecord) -> bool:
