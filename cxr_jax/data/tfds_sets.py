@@ -4,8 +4,8 @@
 directory in the source's layout, the builder's `manual_dir` (nothing is downloaded). Every split is built by the
 source's own loader (`cxr_jax.data.sources`), so its parsing and validation, its rows and their order are those
 of `data.*.path`. The loader runs at original resolution (`fileio.collect` with `image_size=None`): each example
-keeps its image as a lossless PNG of the decoded 8-bit pixels at their own size, masks as 0/255 PNGs, landmarks
-and boxes in original pixels, and the rest as the loader gives it.
+keeps its image as a lossless PNG of the decoded 8-bit pixels at their own size, masks as 0/255 PNGs, landmarks,
+heart centres and boxes in original pixels, and the rest as the loader gives it.
 
 `load(spec)` (a spec with `tfds_data_dir`) reads split `spec.split` back and applies the loader's own last
 steps (`fileio.to_square`, `square_coords`, `resize_boxes`, `_stack`) at the run's image size, so the arrays
@@ -207,7 +207,8 @@ def _feature(key: str, value):
         return f.Text()
     kinds = {"label": ((), np.int32), "has_mask": ((), np.bool_), "study_id": ((), np.int64),
              "subject_id": ((), np.int64), "orig_size": ((2,), np.int32), "findings": (np.shape(value), np.int32),
-             "landmarks": (np.shape(value), np.float32), "box": ((4,), np.float32), "boxes": ((None, 4), np.float32)}
+             "landmarks": (np.shape(value), np.float32), "heart_centre": ((1, 2), np.float32),
+             "box": ((4,), np.float32), "boxes": ((None, 4), np.float32)}
     if key not in kinds:
         raise DataError(f"no TFDS feature for the field {key!r} (add it to tfds_sets._feature)")
     shape, dtype = kinds[key]
@@ -295,7 +296,7 @@ def _example(record: dict, image_size: int, *, stream: bool, ref: str) -> dict:
             example[key] = fileio.to_square(_png(value, ref), image_size, mask=True)[0]
         elif key in TEXT_KEYS:
             example[key] = value.decode() if isinstance(value, bytes) else str(value)
-        elif key == "landmarks":
+        elif key in ("landmarks", "heart_centre"):
             example[key] = fileio.square_coords(value, size, image_size)
         elif key == "box":
             example[key] = fileio.square_coords(np.reshape(value, (2, 2)), size, image_size, edges=True).reshape(4)
