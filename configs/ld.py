@@ -7,8 +7,9 @@ One run trains both stages: patch discrimination + mixup until `loss.stage1_step
 Variants:
   smoke:  seconds; a narrow network on 32 px phantom images (tests).
   demo:   the official network on 64 px phantom images, a few minutes on 2 CPU cores.
-  cxr:    the images of ../shared/data (jsrt train; nih1000, openist) at 128 px; landmarks on jsrt valid
-          from one jsrt train template. View 2 is not turned (`augment.turn_view2`): CXRs are upright.
+  cxr:    the images of ../shared/data (jsrt train; nih1000, openist) at 128 px, stage 1 only (750 steps);
+          landmarks on jsrt valid from one jsrt train template, coarse to fine (`landmarks.*`, chosen on
+          jsrt train). View 2 is not turned (`augment.turn_view2`): CXRs are upright.
   shape:  cxr plus shape-guided segmentation: cluster channel 0 against 5 unpaired jsrt train lung masks
           (an adversarial prior in stage 2), images and masks kept upright; evaluate adds its Dice on jsrt
           valid (`shape_dice_lungs`).
@@ -119,17 +120,23 @@ def _cxr(c: ml_collections.ConfigDict) -> None:
     for source in ("nih1000", "openist"):
         c.data.extra_train[source] = common.data_spec(source, "all")
         common.shared(c.data.extra_train[source], source)
-    c.train.num_steps = 2000
+    # Stage 1 only: its embedding localised best. Chosen on jsrt train queries (experiments/ld_landmarks.py,
+    # README): step 750 before the region and entropy terms start at 800, better than 500 and than 1000.
+    c.train.num_steps = 750
     c.train.log_every = 50
     c.train.checkpoint_every = 250
     c.loss.stage1_steps = 800
     # CXRs are upright: turning view 2 made left and right lung borders alike (400 steps on jsrt valid:
     # 36 % of lung landmarks on the wrong side with turns, 15 % without; MRE 138.9 vs 84.9 px).
     c.augment.turn_view2 = False
+    # Coarse to fine, chosen on jsrt train queries: matches within 24 model px of the template's points, the
+    # template moved onto them by a trimmed affine fit, then each point searched within 2 px.
+    c.landmarks.update(sigma=2.0, window=24.0, align="affine", local_window=2.0)
 
 
 def _shape(c: ml_collections.ConfigDict) -> None:
     _cxr(c)
+    c.train.num_steps = 2000  # Both stages: the prior acts on the clusters of stage 2.
     c.shape.weight = 1.0
     c.shape.critic_channels = (16, 32, 32, 32)  # 128 px → 8 → 4 after the unpadded convs.
     # Without R1 the critic won and channel 0 emptied for good (area 0.21 → 0.001 in 100 steps).
