@@ -29,8 +29,9 @@ def _losses(workdir):
 
 
 def test_eight_devices_match_one_device_step_by_step():
+    env = {**cli_env(devices=8), "JAX_THREEFRY_PARTITIONABLE": "true"}  # JAX's default, as users run it.
     proc = subprocess.run([sys.executable, "-m", "tests.train.dp_equivalence", SMOKE, "3"], cwd=ROOT,
-                          env=cli_env(devices=8), capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     diffs = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("grads", "losses", "params", "batch_stats"):

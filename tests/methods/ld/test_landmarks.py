@@ -138,8 +138,10 @@ def test_landmarks_command_finds_the_template_in_itself(ld_run, tmp_path):
                       str(tmp_path / "t.png"), "--config.landmarks.refine=0"]) == 0
     names, found = lm.read_points(out / "t.csv")
     assert names == [("a", 0), ("a", 1), ("a", 2)]
-    # Self-matching at 32 px: each point comes back to the model pixel it was sampled at (40 px / 32 = 1.25).
-    np.testing.assert_allclose(found, points, atol=1.25)
+    # Self-matching at 32 px (40 px / 32 = 1.25 px per model pixel): each point comes back to within a model
+    # pixel of where it was sampled (bilinearly, between pixels; a 4-step model's embedding is smooth, so a
+    # neighbour can score as high). A wrong padding offset or scale would move points by 5 px or more.
+    np.testing.assert_allclose(found, points, atol=2 * 1.25)
     assert Image.open(out / "t_landmarks.png").size == (30, 40)
 
 
