@@ -31,7 +31,6 @@ import numpy as np
 from cxr_jax import config as config_lib
 from cxr_jax import parallel, runs
 from cxr_jax.data import sources
-from cxr_jax.data.sources import fileio
 from cxr_jax.methods.ld import evaluate as ld_eval
 from cxr_jax.methods.ld import landmarks as lm
 
@@ -60,18 +59,15 @@ def settings_grid() -> list[dict]:
 
 
 def load_split(config, spec) -> dict[str, np.ndarray]:
-    """Template-free queries of `spec` with contour points and heart centre appended as one more point."""
-    data = ld_eval._with_landmarks(sources.load(spec, image_size=config.image_size, seed=config.seed), spec)
-    if "heart_centre" in data:
-        data["landmarks"] = np.concatenate([data["landmarks"], data["heart_centre"]], axis=1)
+    """Queries of `spec` with all their landmarks; the heart centre, where known, appended as one more point."""
+    data = ld_eval.with_landmarks(sources.load(spec, image_size=config.image_size, seed=config.seed), spec)
+    data["landmarks"] = ld_eval.points(data, heart_centre="heart_centre" in data)
     return data
 
 
 def errors_of(xy: np.ndarray, data: dict[str, np.ndarray], size: int) -> np.ndarray:
     """Radial errors [N, L] in each query's own pixels."""
-    to_original = lambda p: np.stack([fileio.original_coords(q, tuple(o), size)  # noqa: E731
-                                      for q, o in zip(p, data["orig_size"])])
-    return np.linalg.norm(to_original(xy) - to_original(data["landmarks"]), axis=-1)
+    return ld_eval.radial_errors(xy, data["landmarks"], data["orig_size"], size)
 
 
 class Scorer:
@@ -96,8 +92,7 @@ class Scorer:
         """Errors [N, L] of LD's answer under `settings` on the set `name`."""
         c = self.config.landmarks
         t_xy = jnp.asarray(self.template["landmarks"][0])
-        keys = lm.l2_normalize(lm.sample(jnp.asarray(self.pooled("template", self.template["image"],
-                                                                 settings["sigma"])[0]), t_xy))
+        keys = lm.keys_at(self.pooled("template", self.template["image"], settings["sigma"])[0], t_xy)
         search = jax.jit(functools.partial(lm.search, keys=keys, template_xy=t_xy, refine=c.refine,
                                            temperature=c.refine_temperature, keep=c.align_keep,
                                            **{k: settings[k] for k in ("window", "align", "local_window")}))
@@ -138,11 +133,11 @@ def main(argv=None) -> int:
     num = template["landmarks"].shape[1] - ("heart_centre" in template)
     tune_spec = config.data.template.copy_and_resolve_references()
     tune_spec.num_examples = 0
-    tuning = ld_eval._without_template(load_split(config, tune_spec), template["image"][0], tune_spec)
+    tuning = ld_eval.without_template(load_split(config, tune_spec), template["image"][0], tune_spec)
     reported_spec = config.data.eval.copy_and_resolve_references()
     if args.reported_path:
         reported_spec.update(path=args.reported_path, split="all", num_examples=0)
-    reported = ld_eval._without_template(load_split(config, reported_spec), template["image"][0], reported_spec)
+    reported = ld_eval.without_template(load_split(config, reported_spec), template["image"][0], reported_spec)
     print(f"{len(tuning['image'])} tuning queries ({tune_spec.path} {tune_spec.split}), "
           f"{len(reported['image'])} reported ({reported_spec.path} {reported_spec.split})", file=sys.stderr)
 
@@ -167,7 +162,7 @@ def main(argv=None) -> int:
     baselines = {}
     for name, data in (("tuning", tuning), ("reported", reported)):
         copy = errors_of(np.broadcast_to(t_xy, data["landmarks"].shape), data, config.image_size)
-        ncc = errors_of(ld_eval._ncc(data["image"], template["image"][0], t_xy, patch=config.landmarks.ncc_patch),
+        ncc = errors_of(ld_eval.ncc(data["image"], template["image"][0], t_xy, patch=config.landmarks.ncc_patch),
                         data, config.image_size)
         baselines[name] = {"copy": summary(copy, num), "ncc": summary(ncc, num),
                            "copy_per_query_mre_px": copy[:, :num].mean(1)}

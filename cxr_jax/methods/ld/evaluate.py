@@ -39,29 +39,25 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     config = method.config
     loaded = {name: sources.load(config.data[name], image_size=config.image_size, seed=config.seed)
               for name in ("template", "eval")}
-    template, queries = (_with_landmarks(loaded[name], config.data[name]) for name in ("template", "eval"))
+    template, queries = (with_landmarks(loaded[name], config.data[name]) for name in ("template", "eval"))
     t_image = template["image"][0]
-    queries = _without_template(queries, t_image, config.data.eval)
+    queries = without_template(queries, t_image, config.data.eval)
     num = template["landmarks"].shape[1]  # Contour points; the heart centre, where known, is one more.
-    t_xy, truth = template["landmarks"][0], queries["landmarks"]
     heart = "heart_centre" in template and "heart_centre" in queries
-    if heart:
-        t_xy = np.concatenate([t_xy, template["heart_centre"][0]])
-        truth = np.concatenate([truth, queries["heart_centre"]], axis=1)
+    t_xy, truth = (points(d, heart_centre=heart) for d in (template, queries))
+    t_xy = t_xy[0]
     keys = lm.template_keys(method, state, mesh, t_image, t_xy)
     found = lm.locate(method, state, mesh, queries["image"], keys, t_xy)
     predictions = {
         "landmark": found["landmark"],
         "copy": np.broadcast_to(t_xy, truth.shape),
-        "ncc": _ncc(queries["image"], t_image, t_xy, patch=config.landmarks.ncc_patch),
+        "ncc": ncc(queries["image"], t_image, t_xy, patch=config.landmarks.ncc_patch),
     }
     if config.landmarks.align != "none" and config.landmarks.local_window > 0:
         predictions["aligned"] = found["expected"]  # The moved template alone, before the local search.
-    size = config.image_size
-    original = _original(truth, queries["orig_size"], size)
     result, per_query = {}, {}
     for name, xy in predictions.items():
-        errors = np.linalg.norm(_original(xy, queries["orig_size"], size) - original, axis=-1)
+        errors = radial_errors(xy, truth, queries["orig_size"], config.image_size)
         result.update(landmark_metrics(errors[:, :num], prefix=name))
         per_query[name] = errors[:, :num].mean(axis=1)
         if heart:
@@ -108,7 +104,7 @@ def landmark_metrics(errors: np.ndarray, *, prefix: str) -> dict[str, float]:
             **{f"{prefix}_sdr_{r}px": float(np.mean(errors <= r)) for r in RADII}}
 
 
-def _with_landmarks(data: dict[str, np.ndarray], spec) -> dict[str, np.ndarray]:
+def with_landmarks(data: dict[str, np.ndarray], spec) -> dict[str, np.ndarray]:
     """In-memory images, landmarks, original sizes (and heart centres) of the examples with every landmark."""
     if "landmarks" not in data:
         raise ConfigError(f"data source {spec.source!r} ({spec.path}) has no landmarks; LD's evaluation needs "
@@ -125,7 +121,7 @@ def _with_landmarks(data: dict[str, np.ndarray], spec) -> dict[str, np.ndarray]:
     return {k: data[k][keep] for k in keys}
 
 
-def _without_template(queries: dict[str, np.ndarray], template: np.ndarray, spec) -> dict[str, np.ndarray]:
+def without_template(queries: dict[str, np.ndarray], template: np.ndarray, spec) -> dict[str, np.ndarray]:
     """The queries other than the template image itself (it is never its own query)."""
     keep = np.array([not np.array_equal(image, template) for image in queries["image"]])
     if not keep.any():
@@ -133,11 +129,22 @@ def _without_template(queries: dict[str, np.ndarray], template: np.ndarray, spec
     return {k: v[keep] for k, v in queries.items()}
 
 
-def _original(xy: np.ndarray, orig_sizes: np.ndarray, size: int) -> np.ndarray:
-    return np.stack([fileio.original_coords(p, tuple(o), size) for p, o in zip(xy, orig_sizes)])
+def points(data: dict[str, np.ndarray], *, heart_centre: bool) -> np.ndarray:
+    """The landmarks [N, K, 2], with the heart centre appended as point K + 1 if `heart_centre`."""
+    if not heart_centre:
+        return data["landmarks"]
+    return np.concatenate([data["landmarks"], data["heart_centre"]], axis=1)
 
 
-def _ncc(images: np.ndarray, template: np.ndarray, xy: np.ndarray, *, patch: int, chunk: int = 8) -> np.ndarray:
+def radial_errors(xy: np.ndarray, truth: np.ndarray, orig_sizes: np.ndarray, size: int) -> np.ndarray:
+    """Distances [N, L] between points xy and truth [N, L, 2] of the square frame, in each image's own pixels."""
+    def original(p):
+        return np.stack([fileio.original_coords(q, tuple(o), size) for q, o in zip(p, orig_sizes)])
+
+    return np.linalg.norm(original(xy) - original(truth), axis=-1)
+
+
+def ncc(images: np.ndarray, template: np.ndarray, xy: np.ndarray, *, patch: int, chunk: int = 8) -> np.ndarray:
     """The ncc baseline's (x, y) [N, L, 2], a few queries at a time."""
     out = []
     for i in range(0, len(images), chunk):

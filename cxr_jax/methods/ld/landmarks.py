@@ -132,8 +132,12 @@ class Localiser:
 
 def template_keys(method, state, mesh, template: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """The averaged template embedding [L, D] at each landmark (see the module docstring)."""
-    pooled = _pooled(method, state, mesh, template[None])[0]
-    return np.asarray(l2_normalize(sample(jnp.asarray(pooled), jnp.asarray(xy, jnp.float32))))
+    return np.asarray(keys_at(_pooled(method, state, mesh, template[None])[0], xy))
+
+
+def keys_at(pooled: np.ndarray | jax.Array, xy: np.ndarray | jax.Array) -> jax.Array:
+    """Unit-length keys [L, D]: averaged embeddings [S, S, D] sampled at points xy [L, 2]."""
+    return l2_normalize(sample(jnp.asarray(pooled), jnp.asarray(xy, jnp.float32)))
 
 
 def locate(method, state, mesh, images: np.ndarray, keys: np.ndarray,
