@@ -66,6 +66,9 @@ def _base() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 1e-6  # L2 added to the gradient before Adam, as torch.optim.Adam(weight_decay=…).
 
     c.train.grad_cache_chunks = 0  # 0: plain backprop; k: exact gradients computed in k micro-batches.
+    # How the k micro-batches are looped: auto = written out on CPU (XLA:CPU runs convolutions in a while loop
+    # many times slower), lax.scan on accelerators; or "scan" / "unrolled" everywhere.
+    c.train.chunk_loop = "auto"
 
     c.data.train.num_examples = 1024
     c.data.eval.num_examples = 256

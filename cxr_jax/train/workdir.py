@@ -50,6 +50,7 @@ FREE_KEYS: tuple[str, ...] = (
     # The schedule and bookkeeping: how long, how often to log and save, how many checkpoints to keep.
     "train.num_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.cpu_ynn_fusions",  # Which CPU kernels XLA uses, not what they compute.
+    "train.chunk_loop",  # ConVIRT: how micro-batches are looped (scan or written out), not what they compute.
     "allow_changes",
     # Read only when a run starts from scratch: a resume restores the state instead.
     "init_from",

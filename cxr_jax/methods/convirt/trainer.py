@@ -34,6 +34,7 @@ from cxr_jax.train import state as state_lib
 from cxr_jax.train.method import Method
 
 VOCAB_FILE = "vocab.txt"  # The run's vocabulary, W/vocab.txt (`read_run`, `write_run`).
+CHUNK_LOOPS = ("auto", "scan", "unrolled")  # train.chunk_loop: how micro-batches are looped (`_chunk_loop`).
 
 
 class ConVIRT(Method):
@@ -48,6 +49,8 @@ class ConVIRT(Method):
         if chunks and config.batch_size % (chunks * self.mesh.devices.size):
             raise ConfigError(f"batch_size={config.batch_size} must split into train.grad_cache_chunks={chunks} "
                               f"micro-batches of whole rows on each of {self.mesh.devices.size} devices")
+        if config.train.chunk_loop not in CHUNK_LOOPS:
+            raise ConfigError(f"train.chunk_loop={config.train.chunk_loop!r}: expected one of {', '.join(CHUNK_LOOPS)}")
         self.run_vocab: pathlib.Path | None = None  # The vocabulary of the run being restored (`read_run`).
         self.schedule = state_lib.warmup_cosine(config.optim, config.train.num_steps)
         adam = optax.chain(optax.add_decayed_weights(config.optim.weight_decay), optax.adam(self.schedule))
@@ -195,7 +198,7 @@ class ConVIRT(Method):
             return jax.tree.map(jnp.add, grads, jax.vjp(embed, params)[1](g_chunk)[0]), None
 
         xs = (_chunks(batch, num_chunks), jnp.arange(num_chunks), _chunks((g_image, g_text), num_chunks))
-        grads, _ = jax.lax.scan(pull_back, temperature_vjp(g_temperature)[0], xs)
+        grads, _ = self._chunk_loop(pull_back, temperature_vjp(g_temperature)[0], xs)
         aux = {"image": image, "text": text_emb, "temperature": temperature, "model_state": new_model_state}
         return (loss, aux), grads
 
@@ -210,23 +213,33 @@ class ConVIRT(Method):
         return loss(image, text_emb, temperature)
 
     def _embed(self, params, model_state, batch, rng, num_chunks: int):
-        """Both towers over the batch, one micro-batch per scan iteration; BatchNorm statistics carried.
-
-        One chunk runs without the scan: XLA:CPU runs convolutions inside a while loop many times slower
-        (jax-ml/jax#12868; the README's benchmark notes), and the results are the same.
-        """
-        if num_chunks == 1:
-            return self._embed_chunk(params, model_state, batch, jax.random.fold_in(rng, 0))
-
+        """Both towers over the batch, one micro-batch after another; BatchNorm statistics carried."""
         def body(model_state, xs):
             chunk, index = xs
             image, text_emb, model_state = self._embed_chunk(params, model_state, chunk,
                                                              jax.random.fold_in(rng, index))
             return model_state, (image, text_emb)
 
-        model_state, (image, text_emb) = jax.lax.scan(body, model_state,
-                                                      (_chunks(batch, num_chunks), jnp.arange(num_chunks)))
+        model_state, (image, text_emb) = self._chunk_loop(
+            body, model_state, (_chunks(batch, num_chunks), jnp.arange(num_chunks)))
         return _unchunk(image), _unchunk(text_emb), model_state
+
+    def _chunk_loop(self, body, carry, xs):
+        """`jax.lax.scan(body, carry, xs)`, or the same written out in Python (`train.chunk_loop`).
+
+        XLA:CPU runs convolutions inside a while loop many times slower than outside one (jax-ml/jax#12868: its
+        layout pass skips loop bodies; the README's benchmark notes), so `auto` traces the micro-batches one
+        after another on CPU meshes and for a single chunk; accelerators keep the scan, which holds one
+        micro-batch's activations at a time whatever XLA's scheduler does.
+        """
+        length, how = jax.tree.leaves(xs)[0].shape[0], self.config.train.chunk_loop
+        if length > 1 and (how == "scan" or how == "auto" and self.mesh.devices.flat[0].platform != "cpu"):
+            return jax.lax.scan(body, carry, xs)
+        outputs = []
+        for index in range(length):
+            carry, out = body(carry, jax.tree.map(lambda x, i=index: x[i], xs))
+            outputs.append(out)
+        return carry, jax.tree.map(lambda *o: jnp.stack(o), *outputs)
 
     def _embed_chunk(self, params, model_state, chunk, rng):
         """Image and text embeddings of one micro-batch (train mode) and the updated BatchNorm statistics."""

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.extend
 import numpy as np
@@ -71,7 +72,7 @@ def _convolutions_in_loops(jaxpr, in_loop: bool = False) -> int:
     return count
 
 
-def test_one_chunk_runs_the_towers_outside_any_loop():
+def test_cpu_steps_run_the_towers_outside_any_loop():
     """XLA:CPU runs convolutions inside a while loop many times slower (jax-ml/jax#12868)."""
     mesh = parallel.make_mesh(jax.devices()[:1])
 
@@ -81,7 +82,26 @@ def test_one_chunk_runs_the_towers_outside_any_loop():
         return _convolutions_in_loops(jax.make_jaxpr(s.method.train_step)(s.abstract_state, s.first_batch).jaxpr)
 
     assert in_loops([]) == 0
-    assert in_loops(["train.grad_cache_chunks=2"]) > 0  # The micro-batch loop is still a loop.
+    assert in_loops(["train.grad_cache_chunks=2"]) == 0  # chunk_loop=auto writes the micro-batches out on CPU.
+    assert in_loops(["train.grad_cache_chunks=2", "train.chunk_loop=scan"]) > 0  # As accelerators run it.
+    assert in_loops(["train.grad_cache_chunks=2", "train.chunk_loop=unrolled"]) == 0
+
+
+def test_chunk_loops_give_the_same_step():
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    results = {}
+    for how in ("scan", "unrolled"):
+        config = config_lib.load(SMOKE, ["train.grad_cache_chunks=2", f"train.chunk_loop={how}"])
+        s = loop.setup(config, mesh=mesh, method=convirt.ConVIRT(config, mesh))
+        state = s.init_fn(jax.random.key(0), s.first_batch)
+        results[how] = jax.device_get(s.step_fn(state, s.first_batch))
+    chex.assert_trees_all_close(results["scan"], results["unrolled"], rtol=1e-5, atol=1e-6)
+
+
+def test_chunk_loop_is_checked():
+    config = config_lib.load(SMOKE, ["train.chunk_loop=python"])
+    with pytest.raises(config_lib.ConfigError, match="train.chunk_loop='python'"):
+        convirt.ConVIRT(config, parallel.make_mesh(jax.devices()[:1]))
 
 
 def test_grad_cache_chunks_must_divide_the_batch():
@@ -153,9 +173,11 @@ def test_gradient_caching_shrinks_the_step_memory_plan():
     from cxr_jax import bench
 
     plain = bench.run(config_lib.load(SMOKE, ["batch_size=64"]), compile_only=True)
-    cached = bench.run(config_lib.load(SMOKE, ["batch_size=64", "train.grad_cache_chunks=8"]), compile_only=True)
-    # Measured: 7.8 MiB of temporaries plain, 1.8 MiB in 8 micro-batches.
-    assert cached["xla_temp_memory_mb"] < 0.35 * plain["xla_temp_memory_mb"], (cached, plain)
+    for how in ("scan", "unrolled"):
+        cached = bench.run(config_lib.load(SMOKE, ["batch_size=64", "train.grad_cache_chunks=8",
+                                                   f"train.chunk_loop={how}"]), compile_only=True)
+        # Measured: 7.8 MiB of temporaries plain, 1.8 MiB in 8 micro-batches.
+        assert cached["xla_temp_memory_mb"] < 0.35 * plain["xla_temp_memory_mb"], (how, cached, plain)
 
 
 def test_head_batch_norm_keeps_running_statistics_of_both_heads():
