@@ -228,16 +228,21 @@ class ConVIRT(Method):
         """`jax.lax.scan(body, carry, xs)`, or the same written out in Python (`train.chunk_loop`).
 
         XLA:CPU runs convolutions inside a while loop many times slower than outside one (jax-ml/jax#12868: its
-        layout pass skips loop bodies; the README's benchmark notes), so `auto` traces the micro-batches one
-        after another on CPU meshes and for a single chunk; accelerators keep the scan, which holds one
-        micro-batch's activations at a time whatever XLA's scheduler does.
+        layout pass skips loop bodies; docs/performance.md), so `auto` traces the micro-batches one after
+        another on CPU meshes and for a single chunk; accelerators keep the scan. Written out, each micro-batch
+        passes an optimization barrier with the carry so far: XLA cannot start it before the previous one has
+        finished, and one micro-batch's activations are alive at a time, as in the scan (without the barrier
+        XLA:CPU scheduled every recomputed forward pass first and the plan held them all).
         """
         length, how = jax.tree.leaves(xs)[0].shape[0], self.config.train.chunk_loop
         if length > 1 and (how == "scan" or how == "auto" and self.mesh.devices.flat[0].platform != "cpu"):
             return jax.lax.scan(body, carry, xs)
         outputs = []
         for index in range(length):
-            carry, out = body(carry, jax.tree.map(lambda x, i=index: x[i], xs))
+            x = jax.tree.map(lambda a, i=index: a[i], xs)
+            if length > 1:
+                carry, x = jax.lax.optimization_barrier((carry, x))
+            carry, out = body(carry, x)
             outputs.append(out)
         return carry, jax.tree.map(lambda *o: jnp.stack(o), *outputs)
 

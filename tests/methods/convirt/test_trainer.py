@@ -173,11 +173,13 @@ def test_gradient_caching_shrinks_the_step_memory_plan():
     from cxr_jax import bench
 
     plain = bench.run(config_lib.load(SMOKE, ["batch_size=64"]), compile_only=True)
-    for how in ("scan", "unrolled"):
+    # Measured: 8.0 MiB of temporaries plain; in 8 micro-batches 1.8 MiB scanned, 4.8 MiB written out (each
+    # micro-batch behind an optimization barrier; the plan held every micro-batch without it). At the paper's
+    # size (batch 64 in 4) the two loops plan 4.6 and 5.3 GB, plain 15.3 GB.
+    for how, most in (("scan", 0.35), ("unrolled", 0.75)):
         cached = bench.run(config_lib.load(SMOKE, ["batch_size=64", "train.grad_cache_chunks=8",
                                                    f"train.chunk_loop={how}"]), compile_only=True)
-        # Measured: 7.8 MiB of temporaries plain, 1.8 MiB in 8 micro-batches.
-        assert cached["xla_temp_memory_mb"] < 0.35 * plain["xla_temp_memory_mb"], (how, cached, plain)
+        assert cached["xla_temp_memory_mb"] < most * plain["xla_temp_memory_mb"], (how, cached, plain)
 
 
 def test_head_batch_norm_keeps_running_statistics_of_both_heads():
