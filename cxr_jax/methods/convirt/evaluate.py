@@ -1,7 +1,8 @@
 """ConVIRT evaluation: image↔text retrieval on held-out pairs and linear probes against a random encoder.
 
-Retrieval (data.eval, which must hold image–report pairs): each image's report is embedded whole (section
-headers removed, truncated to `text.max_length`); `i2t_recall_at_k` is the fraction of images whose report is
+Retrieval (data.eval, which must hold image–report pairs): each image's report is embedded in the unit the
+model trained on (`embed_reports`: whole, section headers removed, truncated to `text.max_length`; or the mean
+of its sentences' embeddings); `i2t_recall_at_k` is the fraction of images whose report is
 among their k nearest reports, `t2i_recall_at_k` the converse. Identical report strings count as the same report
 (phantom and covid reports repeat), and `chance_*` gives the expected recall of a random ranking under the same
 rule.
@@ -70,7 +71,7 @@ def retrieval(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     image_emb, rows = runs.predict(method, state, {key: data[key]}, mesh, fn=method.embed_images,
                                    on_error=spec.on_error)
     reports = [" ".join(text.sentences(t)) or t for t in data["text"][rows]]
-    text_emb = embed_texts(method, state, mesh, reports)
+    text_emb = embed_reports(method, state, mesh, data["text"][rows])
     same = np.array(reports)[:, None] == np.array(reports)[None, :]
     scores = _normalize(image_emb) @ _normalize(text_emb).T
     result = {"num_pairs": float(len(reports))}
@@ -121,6 +122,21 @@ def category_retrieval(method, state, mesh, category_set: dict) -> dict[str, flo
 def precision_at_k(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
     """Mean over queries (rows) of the relevant fraction among the k highest scores (ties broken by index)."""
     return float(np.mean(_top_k_relevance(scores, relevant, k)))
+
+
+def embed_reports(method, state, mesh, reports) -> np.ndarray:
+    """Report embeddings [N, d] in the unit the model was trained on (`text.unit`).
+
+    `report`: each report embedded whole. `sentence`: the mean of its sentences' unit-length embeddings (its
+    first `text.max_sentences`), since such a model never saw a whole report, only one sentence at a time.
+    """
+    config = method.config.text
+    if config.unit != "sentence":
+        return embed_texts(method, state, mesh, [" ".join(text.sentences(t)) or t for t in reports])
+    parts = [text.sentences(t)[:config.max_sentences] or [t] for t in reports]
+    flat = _normalize(embed_texts(method, state, mesh, [s for p in parts for s in p]))
+    ends = np.cumsum([len(p) for p in parts])
+    return np.stack([flat[end - len(p):end].mean(0) for p, end in zip(parts, ends)])
 
 
 def embed_texts(method, state, mesh, texts) -> np.ndarray:
