@@ -41,6 +41,27 @@ def test_precision_at_k_is_the_relevant_fraction_of_the_top_k():
     assert convirt.precision_at_k(scores, relevant, 4) == 0.5
 
 
+def test_reports_are_embedded_in_the_unit_the_model_trained_on(monkeypatch):
+    vectors = {"Heart size is normal.": [3.0, 0.0], "Small left effusion.": [0.0, 0.5],
+               "Heart size is normal. Small left effusion.": [7.0, 7.0]}
+    seen = []
+
+    def fake_embed_texts(method, state, mesh, texts):
+        seen.append(list(texts))
+        return np.array([vectors[t] for t in texts])
+
+    monkeypatch.setattr(convirt, "embed_texts", fake_embed_texts)
+    report = "FINDINGS: Heart size is normal. IMPRESSION: Small left effusion."
+    method = types.SimpleNamespace(config=types.SimpleNamespace(
+        text=types.SimpleNamespace(unit="sentence", max_sentences=16)))
+    # Each sentence at unit length, then averaged: (1, 0) and (0, 1).
+    np.testing.assert_allclose(convirt.embed_reports(method, None, None, [report]), [[0.5, 0.5]])
+    assert seen[-1] == ["Heart size is normal.", "Small left effusion."]
+    method.config.text.unit = "report"  # Whole, headers removed.
+    np.testing.assert_allclose(convirt.embed_reports(method, None, None, [report]), [[7.0, 7.0]])
+    assert seen[-1] == ["Heart size is normal. Small left effusion."]
+
+
 def test_labelled_subset_is_seeded_stratified_and_nonempty_per_class():
     labels = np.array([0] * 90 + [1] * 10)
     small = convirt.labelled_subset(labels, 0.01, seed=0)
