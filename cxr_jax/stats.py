@@ -1,4 +1,4 @@
-"""Statistics of evaluation results: patient-grouped bootstrap intervals of AUCs."""
+"""Statistics of evaluation results: bootstrap intervals of AUCs (patient-grouped) and of means."""
 
 from __future__ import annotations
 
@@ -42,4 +42,12 @@ def auc_interval(*, labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, 
     aucs = grouped_bootstrap_aucs(labels=labels, scores=scores[None], groups=groups,
                                   num_resamples=cfg.num_resamples, seed=cfg.seed)[:, 0]
     low, high = np.nanpercentile(aucs, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def mean_interval(values: np.ndarray, *, cfg) -> tuple[float, float]:
+    """The 95 % bootstrap interval of the mean of per-item `values` (e.g. each query's hit), items resampled."""
+    values = np.asarray(values, np.float64)
+    draws = np.random.default_rng(cfg.seed).integers(0, len(values), (cfg.num_resamples, len(values)))
+    low, high = np.percentile(values[draws].mean(1), [2.5, 97.5])
     return float(low), float(high)

@@ -1,10 +1,11 @@
-"""Shared evaluation statistics: the patient-grouped bootstrap of AUCs."""
+"""Shared evaluation statistics: the patient-grouped bootstrap of AUCs, the bootstrap of a mean."""
 
 import warnings
 
 import ml_collections
 import numpy as np
 
+from cxr_jax import stats
 from cxr_jax.stats import auc_interval, grouped_bootstrap_aucs
 from tests.conftest import mann_whitney_auc
 
@@ -59,3 +60,12 @@ def test_auc_interval_is_nan_with_one_class_and_says_nothing():
         warnings.simplefilter("error")  # numpy's all-NaN percentile warning would fail here.
         low, high = auc_interval(labels=np.ones(6), scores=np.arange(6.0), groups=np.arange(6), cfg=cfg)
     assert np.isnan(low) and np.isnan(high)
+
+
+def test_mean_interval_matches_the_normal_approximation_of_a_proportion():
+    cfg = ml_collections.ConfigDict(dict(num_resamples=4000, seed=0))
+    hits = np.zeros(400)
+    hits[:120] = 1  # p = 0.3: 95 % interval p ± 1.96 √(p(1 − p)/n) = 0.3 ± 0.0449.
+    low, high = stats.mean_interval(hits, cfg=cfg)
+    np.testing.assert_allclose([low, high], [0.3 - 0.0449, 0.3 + 0.0449], atol=0.006)
+    assert stats.mean_interval(np.full(50, 0.25), cfg=cfg) == (0.25, 0.25)

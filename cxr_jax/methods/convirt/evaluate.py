@@ -36,6 +36,7 @@ from sklearn import metrics as skm  # noqa: E402
 from cxr_jax import (
     parallel,  # noqa: E402
     runs,  # noqa: E402
+    stats,  # noqa: E402
 )
 from cxr_jax.config import ConfigError  # noqa: E402
 from cxr_jax.data import retrieval_sets, sources, text  # noqa: E402
@@ -79,6 +80,10 @@ def retrieval(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
         result[f"i2t_recall_at_{k}"] = recall_at_k(scores, same, k)
         result[f"t2i_recall_at_{k}"] = recall_at_k(scores.T, same, k)
         result[f"chance_i2t_recall_at_{k}"] = result[f"chance_t2i_recall_at_{k}"] = chance_recall_at_k(same, k)
+    for name, s in (("i2t", scores), ("t2i", scores.T)):  # Pairs resampled: 95 % interval of recall@10.
+        hits = _top_k_relevance(s, same, KS[-1]).any(axis=1)
+        low, high = stats.mean_interval(hits, cfg=config.bootstrap)
+        result[f"{name}_recall_at_{KS[-1]}_ci_low"], result[f"{name}_recall_at_{KS[-1]}_ci_high"] = low, high
     labels = data["label"][rows] if "label" in data else np.full(len(rows), -1)
     plot_embeddings(image_emb, labels, outdir / "embeddings.png")
     return result
@@ -185,6 +190,8 @@ def linear_probe(method, state, mesh, data: dict) -> dict[str, float]:
             clf.fit((x_train[subset] - mean) / std, y_train[subset])
             aucs.append(skm.roc_auc_score(y_eval, clf.decision_function((x_eval - mean) / std)))
         result[f"linear_auc_{round(fraction * 100)}pct"] = float(np.mean(aucs))
+        if len(aucs) > 1:  # How much the labelled subset matters.
+            result[f"linear_auc_{round(fraction * 100)}pct_sd"] = float(np.std(aucs, ddof=1))
     return result
 
 

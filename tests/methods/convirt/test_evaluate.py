@@ -95,6 +95,9 @@ def test_train_and_evaluate_from_the_cli(tmp_path, capsys):
         for way in ("i2t", "t2i"):
             assert 0 <= metrics[f"{way}_recall_at_{k}"] <= 1
             assert 0 < metrics[f"chance_{way}_recall_at_{k}"] < 1
+    for way in ("i2t", "t2i"):
+        assert metrics[f"{way}_recall_at_10_ci_low"] <= metrics[f"{way}_recall_at_10"] <= metrics[
+            f"{way}_recall_at_10_ci_high"]
     for prefix in ("", "random_"):
         for pct in (1, 10, 100):
             assert 0 <= metrics[f"{prefix}linear_auc_{pct}pct"] <= 1
@@ -172,5 +175,5 @@ def test_probes_learn_an_easy_label_from_a_random_encoder():
     # The probe's plumbing (subsets, standardising, logistic regression, AUC) on a feature that separates.
     mean_pixel = types.SimpleNamespace(config=config, image_features=lambda s, b: b["image"].mean((1, 2)))
     probed = convirt.linear_probe(mean_pixel, state, mesh, data)
-    assert set(probed) == {"linear_auc_10pct", "linear_auc_100pct"}
+    assert set(probed) == {"linear_auc_10pct", "linear_auc_10pct_sd", "linear_auc_100pct"}  # sd over the 2 seeds.
     assert probed["linear_auc_10pct"] > 0.95 and probed["linear_auc_100pct"] > 0.95, probed
