@@ -87,6 +87,7 @@ def test_cpu_steps_run_the_towers_outside_any_loop():
     assert in_loops(["train.grad_cache_chunks=2", "train.chunk_loop=unrolled"]) == 0
 
 
+@pytest.mark.slow  # Two compiles (~30 s). Default run: the loops' structure (above); slow: also the 8-device test.
 def test_chunk_loops_give_the_same_step():
     mesh = parallel.make_mesh(jax.devices()[:1])
     results = {}
