@@ -230,9 +230,9 @@ class ConVIRT(Method):
         XLA:CPU runs convolutions inside a while loop many times slower than outside one (jax-ml/jax#12868: its
         layout pass skips loop bodies; docs/performance.md), so `auto` traces the micro-batches one after
         another on CPU meshes and for a single chunk; accelerators keep the scan. Written out, each micro-batch
-        passes an optimization barrier with the carry so far: XLA cannot start it before the previous one has
-        finished, and one micro-batch's activations are alive at a time, as in the scan (without the barrier
-        XLA:CPU scheduled every recomputed forward pass first and the plan held them all).
+        passes an optimization barrier with the carry so far, so XLA cannot start it before the previous one has
+        finished and the memory plan stays near the scan's (without the barrier XLA:CPU scheduled every
+        recomputed forward pass first and the plan held them all; docs/performance.md has both).
         """
         length, how = jax.tree.leaves(xs)[0].shape[0], self.config.train.chunk_loop
         if length > 1 and (how == "scan" or how == "auto" and self.mesh.devices.flat[0].platform != "cpu"):
