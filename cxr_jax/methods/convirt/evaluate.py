@@ -71,19 +71,19 @@ def retrieval(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
         raise sources.DataError(f"data.eval source {spec.source!r} has no image–text pairs to retrieve")
     image_emb, rows = runs.predict(method, state, {key: data[key]}, mesh, fn=method.embed_images,
                                    on_error=spec.on_error)
-    reports = [" ".join(text.sentences(t)) or t for t in data["text"][rows]]
+    reports = [_whole(t) for t in data["text"][rows]]
     text_emb = embed_reports(method, state, mesh, data["text"][rows])
     same = np.array(reports)[:, None] == np.array(reports)[None, :]
     scores = _normalize(image_emb) @ _normalize(text_emb).T
     result = {"num_pairs": float(len(reports))}
     for k in KS:
-        result[f"i2t_recall_at_{k}"] = recall_at_k(scores, same, k)
-        result[f"t2i_recall_at_{k}"] = recall_at_k(scores.T, same, k)
+        for name, s in (("i2t", scores), ("t2i", scores.T)):
+            hits = query_hits(s, same, k)
+            result[f"{name}_recall_at_{k}"] = float(np.mean(hits))
+            if k == KS[-1]:  # Pairs resampled: the 95 % interval of recall@10.
+                result[f"{name}_recall_at_{k}_ci_low"], result[f"{name}_recall_at_{k}_ci_high"] = (
+                    stats.mean_interval(hits, cfg=config.bootstrap))
         result[f"chance_i2t_recall_at_{k}"] = result[f"chance_t2i_recall_at_{k}"] = chance_recall_at_k(same, k)
-    for name, s in (("i2t", scores), ("t2i", scores.T)):  # Pairs resampled: 95 % interval of recall@10.
-        hits = _top_k_relevance(s, same, KS[-1]).any(axis=1)
-        low, high = stats.mean_interval(hits, cfg=config.bootstrap)
-        result[f"{name}_recall_at_{KS[-1]}_ci_low"], result[f"{name}_recall_at_{KS[-1]}_ci_high"] = low, high
     labels = data["label"][rows] if "label" in data else np.full(len(rows), -1)
     plot_embeddings(image_emb, labels, outdir / "embeddings.png")
     return result
@@ -137,11 +137,16 @@ def embed_reports(method, state, mesh, reports) -> np.ndarray:
     """
     config = method.config.text
     if config.unit != "sentence":
-        return embed_texts(method, state, mesh, [" ".join(text.sentences(t)) or t for t in reports])
+        return embed_texts(method, state, mesh, [_whole(t) for t in reports])
     parts = [text.sentences(t)[:config.max_sentences] or [t] for t in reports]
     flat = _normalize(embed_texts(method, state, mesh, [s for p in parts for s in p]))
     ends = np.cumsum([len(p) for p in parts])
     return np.stack([flat[end - len(p):end].mean(0) for p, end in zip(parts, ends)])
+
+
+def _whole(report: str) -> str:
+    """A report as one text, section headers removed: what is embedded whole and what identity compares."""
+    return " ".join(text.sentences(report)) or report
 
 
 def embed_texts(method, state, mesh, texts) -> np.ndarray:
@@ -158,7 +163,12 @@ def _embed_files(method, state, mesh, files) -> np.ndarray:
 
 def recall_at_k(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
     """Fraction of queries (rows) with a relevant candidate among their k highest scores (ties broken by index)."""
-    return float(np.mean(_top_k_relevance(scores, relevant, k).any(axis=1)))
+    return float(np.mean(query_hits(scores, relevant, k)))
+
+
+def query_hits(scores: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
+    """[Q]: whether each query (row) has a relevant candidate among its k highest scores."""
+    return _top_k_relevance(scores, relevant, k).any(axis=1)
 
 
 def _top_k_relevance(scores: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
