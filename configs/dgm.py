@@ -44,6 +44,9 @@ def _base() -> ml_collections.ConfigDict:
     c.model.ae = ml_collections.ConfigDict(dict(enabled=True, dim=32, n_down=3, latent=128))
 
     c.loss = ml_collections.ConfigDict(dict(adversarial=10.0, reconstruction=10.0, tv=1.0))  # λ_A, λ_R, λ_TV.
+    # Whose y′ are fakes: all (the paper's wording) | abnormal (a normal input's y′ is meant to equal z, so
+    # calling it fake asks D to tell z from its reconstruction rather than a lesion from a normal lung).
+    c.loss.fakes = "all"
     c.loss.residue_normal_scale = 1.0  # ℓ_R³'s weight is λ_R × this (the paper: 1; other values for ablations).
 
     c.optim = ml_collections.ConfigDict()

@@ -36,24 +36,33 @@ def _masked_mean(values: jax.Array, weight: jax.Array) -> jax.Array:
     return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def generator_adversarial(*, fake_scores: Sequence[jax.Array]) -> jax.Array:
-    """ℓ_A: Σ over scales of ½ mean((D(y′) − 1)²)."""
-    return sum(0.5 * jnp.mean((s.astype(jnp.float32) - 1.0) ** 2) for s in fake_scores)
+def _fake_mean(values: jax.Array, weight: jax.Array | None) -> jax.Array:
+    """The mean over all fakes, or over the weighted ones (`loss.fakes=abnormal`)."""
+    if weight is None:
+        return jnp.mean(values)
+    return _masked_mean(_per_example_mean(values), weight)
+
+
+def generator_adversarial(*, fake_scores: Sequence[jax.Array], fake_weight: jax.Array | None = None) -> jax.Array:
+    """ℓ_A: Σ over scales of ½ mean((D(y′) − 1)²), over the inputs `fake_weight` selects (None: all)."""
+    return sum(0.5 * _fake_mean((s.astype(jnp.float32) - 1.0) ** 2, fake_weight) for s in fake_scores)
 
 
 def discriminator_loss(*, fake_scores: Sequence[jax.Array], real_scores: Sequence[jax.Array],
-                       real_weight: jax.Array) -> jax.Array:
+                       real_weight: jax.Array, fake_weight: jax.Array | None = None) -> jax.Array:
     """L_D: Σ over scales of ½ mean(D(y′)²) + ½ mean over weighted real images of (D(y) − 1)².
 
     Args:
       fake_scores: per scale, [B, h, w, 1] scores of the synthesised normals y′ (all inputs).
       real_scores: per scale, the scores of the real batch.
       real_weight: [B], 1 for the real images that count as real normals, 0 for the rest.
+      fake_weight: [B], 1 for the inputs whose y′ count as fakes; None: all (the paper's wording).
     """
     loss = 0.0
     for fake, real in zip(fake_scores, real_scores, strict=True):
         real_term = _per_example_mean((real.astype(jnp.float32) - 1.0) ** 2)
-        loss = loss + 0.5 * jnp.mean(fake.astype(jnp.float32) ** 2) + 0.5 * _masked_mean(real_term, real_weight)
+        fake_term = _fake_mean(fake.astype(jnp.float32) ** 2, fake_weight)
+        loss = loss + 0.5 * fake_term + 0.5 * _masked_mean(real_term, real_weight)
     return loss
 
 
@@ -84,7 +93,8 @@ def total_variation(*, images: jax.Array) -> jax.Array:
 def generator_loss(*, image: jax.Array, normal: jax.Array, residue: jax.Array, recon: jax.Array,
                    fake_scores: Sequence[jax.Array], is_normal: jax.Array, adversarial_weight: float,
                    reconstruction_weight: float, tv_weight: float,
-                   residue_weight: float | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                   residue_weight: float | None = None,
+                   fake_weight: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L_G and its terms.
 
     Args:
@@ -98,12 +108,13 @@ def generator_loss(*, image: jax.Array, normal: jax.Array, residue: jax.Array, r
       reconstruction_weight: λ_R.
       tv_weight: λ_TV.
       residue_weight: the weight of ℓ_R³; None: λ_R, as in the paper (a separate weight is for ablations).
+      fake_weight: [B], the inputs whose y′ ℓ_A scores; None: all.
 
     Returns:
       (L_G, {'adversarial', 'recon_sum', 'recon_joint', 'residue_normal', 'tv'}).
     """
     terms = {
-        "adversarial": generator_adversarial(fake_scores=fake_scores),
+        "adversarial": generator_adversarial(fake_scores=fake_scores, fake_weight=fake_weight),
         "recon_sum": l1(prediction=normal + residue, target=image),
         "recon_joint": l1(prediction=recon, target=image),
         "residue_normal": residue_on_normals(residue=residue, is_normal=is_normal),

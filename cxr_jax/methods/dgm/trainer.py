@@ -59,6 +59,8 @@ class DGM(Method):
         self.batch_composition = normal_composition(config.batch_size, config.data.normal_fraction)
         if config.saliency.source not in saliency.SOURCES:
             raise ConfigError(f"saliency.source={config.saliency.source!r}; expected one of {saliency.SOURCES}")
+        if config.loss.fakes not in ("all", "abnormal"):
+            raise ConfigError(f"loss.fakes={config.loss.fakes!r}; expected 'all' or 'abnormal'")
 
     # --- Data ------------------------------------------------------------------------------------------------
 
@@ -151,7 +153,7 @@ class DGM(Method):
         scores = self.discriminator.apply({"params": d_params}, jnp.concatenate([fake, real]))
         n = fake.shape[0]
         return losses.discriminator_loss(fake_scores=[s[:n] for s in scores], real_scores=[s[n:] for s in scores],
-                                         real_weight=is_normal)
+                                         real_weight=is_normal, fake_weight=self._fake_weight(is_normal))
 
     def generator_loss(self, out: dict[str, jax.Array], *, d_params, image: jax.Array, is_normal: jax.Array):
         """L_G of the generator's outputs `out` ({'normal', 'residue', 'recon'}) and its terms."""
@@ -160,7 +162,12 @@ class DGM(Method):
         return losses.generator_loss(image=image, normal=out["normal"], residue=out["residue"],
                                      recon=out["recon"], fake_scores=fake_scores, is_normal=is_normal,
                                      adversarial_weight=w.adversarial, reconstruction_weight=w.reconstruction,
-                                     tv_weight=w.tv, residue_weight=w.reconstruction * w.residue_normal_scale)
+                                     tv_weight=w.tv, residue_weight=w.reconstruction * w.residue_normal_scale,
+                                     fake_weight=self._fake_weight(is_normal))
+
+    def _fake_weight(self, is_normal: jax.Array) -> jax.Array | None:
+        """Which inputs' y′ are the discriminator's fakes (`loss.fakes`): None for all, else the abnormal ones."""
+        return None if self.config.loss.fakes == "all" else 1.0 - is_normal
 
     def generator_params(self, state: state_lib.TrainState):
         """The parameters inference uses: the EMA when it is kept, else the trained ones."""

@@ -80,6 +80,21 @@ def test_discriminator_loss_uses_only_real_normals():
     np.testing.assert_allclose(float(again), float(got), rtol=1e-6)
 
 
+def test_fake_weight_keeps_only_the_chosen_inputs_fakes():
+    fake, real, normal = _scores(), _scores(), np.array([0, 1, 1, 0])
+    abnormal = 1.0 - normal
+    got = losses.discriminator_loss(fake_scores=fake, real_scores=real, real_weight=jnp.asarray(normal),
+                                    fake_weight=jnp.asarray(abnormal))
+    kept = [f[abnormal == 1] for f in fake]  # The same loss on the abnormal inputs' fakes alone.
+    want = sum(0.5 * np.mean(f**2) for f in kept) + sum(
+        0.5 * np.mean((r[normal == 1] - 1.0) ** 2) for r in real)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    adversarial = losses.generator_adversarial(fake_scores=fake, fake_weight=jnp.asarray(abnormal))
+    np.testing.assert_allclose(float(adversarial), sum(0.5 * np.mean((f - 1.0) ** 2) for f in kept), rtol=1e-5)
+    everyone = losses.generator_adversarial(fake_scores=fake, fake_weight=jnp.ones(B))
+    np.testing.assert_allclose(float(everyone), float(losses.generator_adversarial(fake_scores=fake)), rtol=1e-6)
+
+
 def test_lsgan_optima():
     ones = [jnp.ones((B, 2, 2, 1)), jnp.ones((B, 1, 1, 1))]
     zeros = [jnp.zeros_like(s) for s in ones]

@@ -138,6 +138,12 @@ def test_too_small_images_are_explained():
         dgm.DGM(config)
 
 
+def test_unknown_fakes_are_explained():
+    config = config_lib.load(SMOKE, ["loss.fakes=normal"])
+    with pytest.raises(ConfigError, match="loss.fakes='normal'"):
+        dgm.DGM(config)
+
+
 @pytest.mark.slow
 def test_eight_devices_match_one_device():
     proc = subprocess.run([sys.executable, "-m", "tests.methods.dgm.devices", SMOKE], cwd=ROOT,
