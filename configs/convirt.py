@@ -81,7 +81,7 @@ def _base() -> ml_collections.ConfigDict:
     c.probe.fractions = (0.01, 0.1, 1.0)  # Of the labelled probe.train examples.
     c.probe.seeds = 3  # Seeded subsets averaged below 100%.
     c.probe.inverse_l2 = 1.0  # Logistic regression's C (sklearn).
-    c.probe.finetune_steps = 100  # Adam steps of batch_size images per fine-tuning run.
+    c.probe.finetune_steps = 100  # Adam steps of batch_size images per fine-tuning run; 0: no fine-tuning.
     c.probe.finetune_learning_rate = 1e-4  # The paper's fine-tuning rate.
 
     # Category retrieval in the CheXpert 8×200 format (cxr_jax/data/retrieval_sets.py); `cxr-jax data

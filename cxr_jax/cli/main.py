@@ -357,6 +357,34 @@ def _landmarks(args, config) -> int:
     return 0
 
 
+def _add_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="directory for the runs (W/dgm, W/convirt, W/ld) and "
+                        "W/index.html; rerun to continue")
+    parser.add_argument("--methods", default="dgm,convirt,ld", help="comma-separated subset of dgm,convirt,ld")
+
+
+def _announce_demo(args, config) -> None:
+    del config
+    from cxr_jax import demo
+
+    args.demo_methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    demo.configs(args.demo_methods)  # A bad --methods is a one-line error before anything is imported.
+    console.status(f"demo of {', '.join(args.demo_methods)} on the embedded phantom into {args.workdir} "
+                   "(about 10 minutes on 2 CPU cores)")
+
+
+def _demo(args, config) -> int:
+    del config
+    from cxr_jax import demo
+
+    results = demo.run(args.workdir, args.demo_methods, status=console.status)
+    console.status(f"done in {console.duration(time.perf_counter() - args.started)}; method vs baseline:")
+    for line in demo.summary(results):
+        console.status(f"  {line}")
+    console.status(f"open {pathlib.Path(args.workdir) / 'index.html'}")
+    return 0
+
+
 def _add_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", required=True, nargs="+", help="evaluated classifier runs (e.g. seeds)")
     parser.add_argument("--candidate", required=True, nargs="+", help="evaluated runs of the variant to test")
@@ -392,6 +420,11 @@ class Command(NamedTuple):
 
 
 COMMANDS = {
+    "demo": Command(
+        "train and evaluate DGM, ConVIRT and LD on the embedded phantom beside their baselines; W/index.html",
+        "cxr-jax demo --workdir workdirs/demo\n"
+        "cxr-jax demo --workdir workdirs/demo --methods dgm,ld",
+        _add_demo, _demo, _announce_demo),
     "train": Command(
         "train a method; rerun the same command to resume from the latest checkpoint",
         "cxr-jax train --config configs/dgm.py:demo --workdir workdirs/dgm\n"
@@ -492,10 +525,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = config_lib.load_run(args.workdir, overrides)
         elif overrides:
             top.error(f"{args.command} takes no --config overrides")
+        if command.announce is not None:
+            command.announce(args, config)
     except config_lib.ConfigError as e:
         _fail(args, 2, f"{prog}: config error: {e}")
-    if command.announce is not None:
-        command.announce(args, config)
 
     from cxr_jax import parallel
 

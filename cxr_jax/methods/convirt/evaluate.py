@@ -13,8 +13,8 @@ Category retrieval (`retrieval.candidates` with image and/or text queries, CheXp
 Linear probe (probe.train → probe.eval, normal vs abnormal): logistic regression on the frozen encoder's pooled
 features, trained on fixed seeded subsets of 1%, 10% and 100% of the labelled examples (at least one of each
 class), AUC averaged over `probe.seeds` subsets. Fine-tuning trains the whole image encoder with a new linear
-head on the same subsets (binary cross-entropy, Adam, `probe.finetune_steps`). `random_*` repeats both from a
-freshly initialised encoder.
+head on the same subsets (binary cross-entropy, Adam, `probe.finetune_steps`; 0 skips it). `random_*` repeats
+both from a freshly initialised encoder.
 """
 
 from __future__ import annotations
@@ -24,29 +24,22 @@ import math
 import pathlib
 
 import jax
-import matplotlib
 import numpy as np
 import optax
+from sklearn import linear_model
+from sklearn import metrics as skm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from sklearn import linear_model  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
-
-from cxr_jax import (
-    parallel,  # noqa: E402
-    runs,  # noqa: E402
-    stats,  # noqa: E402
-)
-from cxr_jax.config import ConfigError  # noqa: E402
-from cxr_jax.data import retrieval_sets, sources, text  # noqa: E402
+from cxr_jax import parallel, runs, stats
+from cxr_jax.config import ConfigError
+from cxr_jax.data import retrieval_sets, sources, text
+from cxr_jax.methods.convirt import pictures
 
 KS = (1, 5, 10)
 PRECISION_KS = (5, 10, 50, 100)
 
 
 def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
-    """Retrieval on the eval pairs, linear probes for the trained and a random encoder; `embeddings.png`."""
+    """Retrieval and linear probes for the trained and a random encoder; `embeddings.png`, `retrieval.png`."""
     config = method.config
     result = retrieval(method, state, mesh, outdir)
     random_state = jax.jit(method.init, out_shardings=parallel.replicated(mesh))(
@@ -57,7 +50,8 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
         if category_set:
             result.update({f"{prefix}{k}": v for k, v in category_retrieval(method, s, mesh, category_set).items()})
         result.update({f"{prefix}{k}": v for k, v in linear_probe(method, s, mesh, probe_data).items()})
-        result.update({f"{prefix}{k}": v for k, v in fine_tune(method, s, probe_data).items()})
+        if config.probe.finetune_steps:
+            result.update({f"{prefix}{k}": v for k, v in fine_tune(method, s, probe_data).items()})
     return result
 
 
@@ -85,7 +79,10 @@ def retrieval(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
                     stats.mean_interval(hits, cfg=config.bootstrap))
         result[f"chance_i2t_recall_at_{k}"] = result[f"chance_t2i_recall_at_{k}"] = chance_recall_at_k(same, k)
     labels = data["label"][rows] if "label" in data else np.full(len(rows), -1)
-    plot_embeddings(image_emb, labels, outdir / "embeddings.png")
+    pictures.plot_embeddings(image_emb, labels, outdir / "embeddings.png")
+    if "image" in data:
+        pictures.retrieval_grid(data["image"][rows], reports, scores, same, outdir / "retrieval.png",
+                                queries=_figure_queries(reports, labels))
     return result
 
 
@@ -271,21 +268,16 @@ def labelled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return np.sort(np.concatenate(chosen))
 
 
-def plot_embeddings(embeddings: np.ndarray, labels: np.ndarray, path: pathlib.Path) -> None:
-    """The image embeddings' first two principal components, coloured by normal / abnormal / unknown."""
-    centred = _normalize(embeddings) - _normalize(embeddings).mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    xy = centred @ vt[:2].T
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for value, name, colour in ((0, "normal", "tab:blue"), (1, "abnormal", "tab:red"), (-1, "unknown", "0.6")):
-        keep = labels == value
-        if keep.any():
-            ax.scatter(xy[keep, 0], xy[keep, 1], s=8, c=colour, label=name, alpha=0.7)
-    ax.set(xlabel="PC 1", ylabel="PC 2", title="image embeddings (PCA)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def _figure_queries(reports: list[str], labels: np.ndarray, count: int = 3) -> np.ndarray:
+    """Up to `count` distinct reports for the retrieval figure, abnormal ones first (their findings say most)."""
+    chosen, seen = [], set()
+    for i in np.argsort(-labels, kind="stable"):
+        if reports[i] not in seen:
+            seen.add(reports[i])
+            chosen.append(i)
+        if len(chosen) == count:
+            break
+    return np.array(chosen)
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

@@ -62,6 +62,14 @@ def test_reports_are_embedded_in_the_unit_the_model_trained_on(monkeypatch):
     assert seen[-1] == ["Heart size is normal. Small left effusion."]
 
 
+def test_retrieval_figure_queries_are_distinct_reports_abnormal_first():
+    reports = ["normal.", "effusion.", "normal.", "effusion.", "mass.", "cardiomegaly."]
+    labels = np.array([0, 1, 0, 1, 1, 1])
+    chosen = convirt._figure_queries(reports, labels)
+    assert [reports[i] for i in chosen] == ["effusion.", "mass.", "cardiomegaly."]
+    assert [reports[i] for i in convirt._figure_queries(reports[:3], labels[:3])] == ["effusion.", "normal."]
+
+
 def test_labelled_subset_is_seeded_stratified_and_nonempty_per_class():
     labels = np.array([0] * 90 + [1] * 10)
     small = convirt.labelled_subset(labels, 0.01, seed=0)
@@ -103,6 +111,7 @@ def test_train_and_evaluate_from_the_cli(tmp_path, capsys):
             assert 0 <= metrics[f"{prefix}linear_auc_{pct}pct"] <= 1
     assert metrics["num_pairs"] == 32 and metrics["step"] == 6
     assert (tmp_path / "eval" / "embeddings.png").stat().st_size > 1000
+    assert (tmp_path / "eval" / "retrieval.png").stat().st_size > 1000
     capsys.readouterr()
     _check_retrieve(tmp_path, capsys)
 
