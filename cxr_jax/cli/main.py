@@ -377,7 +377,11 @@ def _demo(args, config) -> int:
     del config
     from cxr_jax import demo
 
-    results = demo.run(args.workdir, args.demo_methods, status=console.status)
+    try:
+        results = demo.run(args.workdir, args.demo_methods, status=console.status)
+    except demo.DemoError as e:
+        print(f"cxr-jax demo: error: {e}", file=sys.stderr)
+        return 1
     console.status(f"done in {console.duration(time.perf_counter() - args.started)}; method vs baseline:")
     for line in demo.summary(results):
         console.status(f"  {line}")
