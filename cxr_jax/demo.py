@@ -131,7 +131,8 @@ def run(workdir: str | pathlib.Path, methods: Sequence[str], *, status: Callable
         for name in plan[0]:
             results[name] = _train_and_evaluate(name, chosen[name], workdir / name, status)
     elif plan:
-        results.update(_run_lanes(workdir, plan, cores, status, variant=variant, overrides=overrides))
+        totals = {name: config.train.num_steps for name, config in chosen.items()}
+        results.update(_run_lanes(workdir, plan, cores, totals, status, variant=variant, overrides=overrides))
     write_index(workdir, results)
     return results
 
@@ -151,14 +152,14 @@ def _train_and_evaluate(name: str, config, run_dir: pathlib.Path, status: Callab
     from cxr_jax import runs
     from cxr_jax.train import loop
 
-    status(f"{name}: training {config.train.num_steps} steps into {run_dir}")
+    status(f"{name}: training {config.train.num_steps} steps into {run_dir} (compiling first)")
     loop.train(config, run_dir)
     status(f"{name}: evaluating against its baseline ({DEMOS[name].baseline})")
     return runs.evaluate(config, run_dir)
 
 
-def _run_lanes(workdir: pathlib.Path, plan: list[list[str]], cores: list[int], status: Callable[[str], None],
-               **config_args) -> dict[str, dict]:
+def _run_lanes(workdir: pathlib.Path, plan: list[list[str]], cores: list[int], totals: dict[str, int],
+               status: Callable[[str], None], **config_args) -> dict[str, dict]:
     """Runs each lane in a spawned process on its share of `cores`; reports their progress until all end."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -172,12 +173,13 @@ def _run_lanes(workdir: pathlib.Path, plan: list[list[str]], cores: list[int], s
            f"logs in {workdir / 'logs'}")
     results, failed = {}, []
     try:
-        results, failed = _follow(queue, processes, workdir, status)
+        results, failed = _follow(queue, processes, workdir, totals, status)
     finally:
         for process in processes:
             if process.is_alive():
                 process.terminate()
             process.join()
+    failed += [n for lane in plan for n in lane if n not in results and n not in failed]  # E.g. killed.
     if failed:
         raise DemoError(f"{', '.join(failed)} failed; see {workdir / 'logs'}")
     return results
@@ -186,7 +188,8 @@ def _run_lanes(workdir: pathlib.Path, plan: list[list[str]], cores: list[int], s
 _EVERY_S = 15.0  # How often `_follow` reports the lanes' newest logged steps.
 
 
-def _follow(queue, processes, workdir: pathlib.Path, status: Callable[[str], None]) -> tuple[dict, list[str]]:
+def _follow(queue, processes, workdir: pathlib.Path, totals: dict[str, int],
+            status: Callable[[str], None]) -> tuple[dict, list[str]]:
     """Prints each lane's news (phase changes, and the newest logged step every `_EVERY_S`) until all exit."""
     results, failed, phase, shown, last = {}, [], {}, {}, 0.0
     while True:
@@ -209,7 +212,7 @@ def _follow(queue, processes, workdir: pathlib.Path, status: Callable[[str], Non
             news = {n: s for n, s in steps.items() if s is not None and shown.get(n) != s}
             if news:
                 shown.update(news)
-                status("  " + " | ".join(f"{n} step {s}" for n, s in news.items()))
+                status("  " + " | ".join(f"{n} step {s}/{totals[n]}" for n, s in news.items()))
     return results, failed
 
 

@@ -86,7 +86,7 @@ def test_demo_runs_methods_side_by_side_and_continues(tmp_path):
     lines, tiny = _run_demo(tmp_path, ["convirt", "ld"], lanes=2)
     assert lines[0].startswith("running convirt | ld side by side")  # Two processes, each logging to a file.
     for name in ("convirt", "ld"):
-        assert f"{name}: training 3 steps into {tmp_path / name}" in lines
+        assert f"{name}: training 3 steps into {tmp_path / name} (compiling first)" in lines
         assert (tmp_path / "logs" / f"{name}.log").is_file()
 
     stamp = (tmp_path / "ld" / "eval" / "metrics.json").stat().st_mtime_ns
@@ -96,7 +96,7 @@ def test_demo_runs_methods_side_by_side_and_continues(tmp_path):
     more = []  # A longer demo continues the same run from its checkpoint, here in this process.
     demo.run(tmp_path, ["ld"], status=more.append, variant="smoke", overrides=[*tiny[1:], "train.num_steps=4"],
              lanes=1)
-    assert more[0] == f"ld: training 4 steps into {tmp_path / 'ld'}"
+    assert more[0] == f"ld: training 4 steps into {tmp_path / 'ld'} (compiling first)"
     assert json.loads((tmp_path / "ld" / "eval" / "metrics.json").read_text())["step"] == 4
     assert json.loads((tmp_path / "ld" / "config.json").read_text())["train"]["num_steps"] == 4
 

@@ -104,7 +104,8 @@ def category_retrieval(method, state, mesh, category_set: dict) -> dict[str, flo
     """`i2i_/t2i_precision_at_{5,10,50,100}` on a CheXpert 8×200-format set (`read_category_set`), beside chance.
 
     Precision@k: the fraction of a query's k nearest candidates (cosine of the embeddings) in its category,
-    averaged over queries; k larger than the candidate set is left out.
+    averaged over queries; k larger than the candidate set is left out. Precision@10 comes with the 95 %
+    bootstrap interval over queries (`_ci_low/high`): real sets give few queries per category.
     """
     queries, candidates = category_set["queries"], category_set["candidates"]
     embed = functools.partial(_embed_files, method, state, mesh)
@@ -117,6 +118,10 @@ def category_retrieval(method, state, mesh, category_set: dict) -> dict[str, flo
         for k in PRECISION_KS:
             if k <= scores.shape[1]:
                 result[f"{kind}_precision_at_{k}"] = precision_at_k(scores, relevant, k)
+            if k == 10 and k <= scores.shape[1]:  # Queries resampled: the 95 % interval of precision@10.
+                per_query = _top_k_relevance(scores, relevant, k).mean(axis=1)
+                result[f"{kind}_precision_at_10_ci_low"], result[f"{kind}_precision_at_10_ci_high"] = (
+                    stats.mean_interval(per_query, cfg=method.config.bootstrap))
         result[f"chance_{kind}_precision"] = float(relevant.mean())
     return result
 

@@ -99,6 +99,8 @@ def test_train_and_evaluate_from_the_cli(tmp_path, capsys):
     for prefix, way in itertools.product(("", "random_"), ("i2i", "t2i")):
         assert metrics[f"{prefix}chance_{way}_precision"] == 1 / categories  # Exclusive, balanced categories.
         assert 0 <= metrics[f"{prefix}{way}_precision_at_5"] <= 1 and f"{way}_precision_at_50" not in metrics
+        assert (metrics[f"{prefix}{way}_precision_at_10_ci_low"] <= metrics[f"{prefix}{way}_precision_at_10"]
+                <= metrics[f"{prefix}{way}_precision_at_10_ci_high"])
     for k in (1, 5, 10):
         for way in ("i2t", "t2i"):
             assert 0 <= metrics[f"{way}_recall_at_{k}"] <= 1
