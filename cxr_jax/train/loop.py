@@ -117,7 +117,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tr
         s.method.write_run(workdir)
         (workdir / "config.json").write_text(config_lib.to_json(config))
     t0 = time.perf_counter()
-    step_fn = s.step_fn.lower(state, s.first_batch).compile()
+    if start_step < config.train.num_steps:  # A finished run's rerun compiles nothing (a minute for ConVIRT).
+        step_fn = s.step_fn.lower(state, s.first_batch).compile()
     compile_time = time.perf_counter() - t0
     jax.block_until_ready(state)
     writer = MetricWriter(workdir, start_step=start_step, num_steps=config.train.num_steps, enabled=lead,

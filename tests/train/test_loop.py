@@ -104,8 +104,10 @@ def test_mixed_precision_keeps_fp32_params_and_matches_fp32_loss(tmp_path):
     assert bf16 != fp32 and abs(bf16 - fp32) < 0.05 * abs(fp32)
 
 
-def test_resume_after_finish_restores_and_does_nothing(tmp_path):
+def test_resume_after_finish_restores_and_does_nothing(tmp_path, monkeypatch):
     first = _train(tmp_path)
+    traced = chex.assert_max_traces(classifier.Classifier.train_step, n=0)  # Not even compiled.
+    monkeypatch.setattr(classifier.Classifier, "train_step", traced)
     again = _train(tmp_path)
     assert_trees_equal(jax.device_get(first.params), jax.device_get(again.params))
     state, step = final_state(SMOKE, tmp_path)
