@@ -17,6 +17,8 @@ import multiprocessing
 import os
 import pathlib
 import queue as queue_lib
+import re
+import shlex
 import sys
 import time
 import traceback
@@ -31,7 +33,7 @@ class Row:
 
     label: str
     metric: str
-    baseline: str
+    baseline: str | None  # The baseline's key; None where only chance compares (e.g. ConVIRT's recall).
     higher_is_better: bool = True
     chance: str | None = None  # The key of a random guess's value, where the evaluation reports one.
 
@@ -72,9 +74,9 @@ DEMOS = {
         "randomly initialised encoder.",
         ("train.num_steps=300", "train.checkpoint_every=100", "train.log_every=25", "probe.finetune_steps=0",
          "probe.fractions=(0.01, 1.0)", "data.eval.num_examples=128"),
-        "chance / random encoder",
-        (Row("text→image recall@10", "t2i_recall_at_10", "chance_t2i_recall_at_10"),
-         Row("image→text recall@10", "i2t_recall_at_10", "chance_i2t_recall_at_10"),
+        "random encoder",
+        (Row("text→image recall@10", "t2i_recall_at_10", None, chance="chance_t2i_recall_at_10"),
+         Row("image→text recall@10", "i2t_recall_at_10", None, chance="chance_i2t_recall_at_10"),
          Row("linear probe AUC, 1 % of labels", "linear_auc_1pct", "random_linear_auc_1pct"),
          Row("linear probe AUC, all labels", "linear_auc_100pct", "random_linear_auc_100pct")),
         (("eval/retrieval.png", "text→image retrieval on held-out pairs"),
@@ -130,6 +132,7 @@ def run(workdir: str | pathlib.Path, methods: Sequence[str], *, status: Callable
     if len(plan) == 1:
         for name in plan[0]:
             results[name] = _train_and_evaluate(name, chosen[name], workdir / name, status)
+            status(f"{name}: done; " + summary({name: results[name]})[0].split(maxsplit=1)[1])
     elif plan:
         totals = {name: config.train.num_steps for name, config in chosen.items()}
         results.update(_run_lanes(workdir, plan, cores, totals, status, variant=variant, overrides=overrides))
@@ -198,6 +201,7 @@ def _follow(queue, processes, workdir: pathlib.Path, totals: dict[str, int],
             phase[name] = payload.split()[0] if what == "status" else what  # training | evaluating | done | failed
             if what == "done":
                 results[name] = payload
+                status(f"{name}: done; " + summary({name: payload})[0].split(maxsplit=1)[1])
             elif what == "failed":
                 failed.append(name)
                 status(f"{name}: failed: {payload}")
@@ -265,8 +269,9 @@ def summary(results: dict[str, dict[str, float]]) -> list[str]:
     for name, result in results.items():
         demo = DEMOS[name]
         row = demo.rows[0]
-        lines.append(f"{name:8s} {row.label}: {_number(result.get(row.metric))} "
-                     f"(baseline, {demo.baseline}: {_number(result.get(row.baseline))})")
+        against = (f"{demo.baseline} {_number(result.get(row.baseline))}" if row.baseline else
+                   f"chance {_number(result.get(row.chance))}")
+        lines.append(f"{name:8s} {row.label}: {_number(result.get(row.metric))} against {against}")
     return lines
 
 
@@ -288,8 +293,10 @@ def _section(workdir: pathlib.Path, name: str, result: dict[str, float]) -> str:
     chance = any(row.chance for row in demo.rows)
     rows = []
     for row in demo.rows:
-        ours, base = result.get(row.metric), result.get(row.baseline)
+        ours = result.get(row.metric)
+        base = result.get(row.baseline or row.chance)  # What the method must beat.
         better = ours is not None and base is not None and (ours > base if row.higher_is_better else ours < base)
+        base = result.get(row.baseline) if row.baseline else None
         rows.append(f"<tr><td>{html.escape(row.label)}</td><td class='{'win' if better else ''}'>{_number(ours)}"
                     f"</td><td>{_number(base)}</td>"
                     + (f"<td>{_number(result.get(row.chance) if row.chance else None)}</td>" if chance else "")
@@ -298,13 +305,18 @@ def _section(workdir: pathlib.Path, name: str, result: dict[str, float]) -> str:
         f"<figure><img src='{name}/{path}' alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}"
         f"</figcaption></figure>" for path, caption in demo.figures if (workdir / name / path).is_file())
     command = (f"cxr-jax train --config configs/{name}.py:demo --workdir {name} "
-               + " ".join(f"--config.{o}" for o in demo.overrides))
+               + " ".join(shlex.quote(f"--config.{o}") for o in demo.overrides))
     return (f"<section id='{name}'><h2>{html.escape(demo.title)}</h2><p>{html.escape(demo.what)}</p>\n"
             f"<table><tr><th>metric</th><th>{name}</th><th>{html.escape(demo.baseline)}</th>"
             + ("<th>chance</th>" if chance else "") + "</tr>"
             + "".join(rows) + f"</table>\n<p class='small'>Step {_number(result.get('step'), '.0f')}. "
-            f"{html.escape(demo.full)}<br>Reproduce: <code>{html.escape(command)}</code>, then "
+            f"{_code(demo.full)}<br>Reproduce: <code>{html.escape(command)}</code>, then "
             f"<code>cxr-jax evaluate --workdir {name}</code>.</p>\n{figures}</section>")
+
+
+def _code(text: str) -> str:
+    """`text` as HTML, its `backquoted` parts as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def _number(value, spec: str = ".3f") -> str:

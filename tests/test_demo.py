@@ -58,9 +58,9 @@ def test_the_page_shows_each_metric_beside_its_baseline_and_chance(tmp_path):
         for key, value in result.items():
             assert (f"{value:.3f}" if key != "step" else "Step 7.") in " ".join(page.cells)
     text = (tmp_path / "index.html").read_text()
-    assert text.count("<th>chance</th>") == 1  # DGM's pointing row has a chance level; the others none.
-    assert text.count("class='win'") == sum(  # Bold where the method beats its baseline, in either direction.
-        (r[row.metric] > r[row.baseline]) == row.higher_is_better
+    assert text.count("<th>chance</th>") == 2  # DGM's pointing and ConVIRT's recall rows have chance levels.
+    assert text.count("class='win'") == sum(  # Bold where the method beats its baseline (else chance).
+        (r[row.metric] > r[row.baseline or row.chance]) == row.higher_is_better
         for name, r in results.items() for row in demo.DEMOS[name].rows)
     assert [line.split()[0] for line in demo.summary(results)] == list(demo.DEMOS)
 
@@ -73,7 +73,7 @@ def _run_demo(workdir, methods, **kwargs):
         written = json.loads((workdir / name / "eval" / "metrics.json").read_text())
         assert written["step"] == 3
         for row in demo.DEMOS[name].rows:  # The page's keys are the evaluation's.
-            assert {row.metric, row.baseline, row.chance or row.metric} <= set(written)
+            assert {row.metric, row.baseline or row.metric, row.chance or row.metric} <= set(written)
             assert results[name][row.metric] == pytest.approx(written[row.metric])
     page = _read_page(workdir)
     assert page.sections == methods
@@ -104,7 +104,8 @@ def test_demo_runs_methods_side_by_side_and_continues(tmp_path):
 @pytest.mark.slow
 def test_the_whole_demo_in_one_process(tmp_path):
     lines, _ = _run_demo(tmp_path, list(demo.DEMOS), lanes=1)
-    assert len(lines) == 6  # Training and evaluating, per method.
+    assert len(lines) == 9  # Training, evaluating and done, per method.
+    assert lines[2].startswith("dgm: done; image AUC")
 
 
 def test_demo_method_errors_are_one_line():
