@@ -120,21 +120,36 @@ def finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
 
 
-def image_grid(rows: Sequence[Sequence[np.ndarray]], *, gap: int = 2, min_side: int = 64) -> np.ndarray:
+def image_grid(rows: Sequence[Sequence[np.ndarray]], *, titles: Sequence[str] = (), gap: int = 2,
+               min_side: int = 256) -> np.ndarray:
     """Panels (uint8 [H, W, 3] or gray [H, W], all one size) tiled row by row on white: one sample image.
 
-    Panels smaller than `min_side` are enlarged by whole pixels (nearest), so a 32 px smoke run is readable.
+    Panels smaller than `min_side` are enlarged by whole pixels (nearest), so a 64 px model's panels are read
+    at 256 px; `titles` name the columns in a band above them.
     """
     panels = [[np.repeat(p[..., None], 3, -1) if p.ndim == 2 else p for p in row] for row in rows]
     h, w = panels[0][0].shape[:2]
     k = max(1, -(-min_side // max(h, w)))
     cols = max(len(row) for row in panels)
-    grid = np.full((len(panels) * (k * h + gap) - gap, cols * (k * w + gap) - gap, 3), 255, np.uint8)
+    top = _TITLE_PX if titles else 0
+    grid = np.full((top + len(panels) * (k * h + gap) - gap, cols * (k * w + gap) - gap, 3), 255, np.uint8)
     for i, row in enumerate(panels):
+        y = top + i * (k * h + gap)
         for j, panel in enumerate(row):
             big = np.repeat(np.repeat(np.asarray(panel, np.uint8), k, 0), k, 1)
-            grid[i * (k * h + gap):i * (k * h + gap) + k * h, j * (k * w + gap):j * (k * w + gap) + k * w] = big
+            grid[y:y + k * h, j * (k * w + gap):j * (k * w + gap) + k * w] = big
+    if titles:
+        from PIL import Image, ImageDraw, ImageFont
+
+        picture = Image.fromarray(grid)
+        draw, font = ImageDraw.Draw(picture), ImageFont.load_default(size=_TITLE_PX - 10)
+        for j, title in enumerate(titles):
+            draw.text((j * (k * w + gap) + 4, 4), title, fill=(0, 0, 0), font=font)
+        grid = np.asarray(picture)
     return grid
+
+
+_TITLE_PX = 26  # Height of `image_grid`'s title band.
 
 
 def truncate_jsonl(path: pathlib.Path, last_step: int) -> None:

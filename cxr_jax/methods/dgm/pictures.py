@@ -85,7 +85,8 @@ def samples(method, state, mesh) -> np.ndarray:
         found = find(method.config, anomaly_map(method.config, outputs)[i], boxes)
         rows.append([image, gray(outputs["normal"][i]), residue_rgb(outputs["residue"][i]),
                      saliency_overlay(image, found, boxes)])
-    return image_grid(rows)
+    return image_grid(rows, titles=("input z", "synthesised normal y'", "residue r (red +, blue -)",
+                                    "salient: red/yellow; lungs: green"))
 
 
 def full_size(original: np.ndarray, normal: np.ndarray, residue: np.ndarray, found: dict,

@@ -47,7 +47,8 @@ def samples(method, state, mesh) -> np.ndarray:
     images = method.sample_examples["image"]
     outputs, _ = runs.predict(method, state, {"image": images}, mesh)
     rgb, clusters = embedding_rgb(outputs["embedding"]), cluster_map(outputs["assignment"])
-    return image_grid([[image[..., 0], e, c] for image, e, c in zip(images, rgb, clusters)])
+    return image_grid([[image[..., 0], e, c] for image, e, c in zip(images, rgb, clusters)],
+                      titles=("input", "embedding (3 principal components)", "clusters"))
 
 
 def landmark_figure(images: np.ndarray, points: dict[str, np.ndarray], path: pathlib.Path, *,

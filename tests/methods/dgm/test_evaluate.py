@@ -122,9 +122,10 @@ def test_training_evaluates_keeps_the_best_step_and_draws_samples(dgm_run):
     assert sorted(int(p.name) for p in (dgm_run / "checkpoints").iterdir() if p.name.isdigit()) == sorted({best, 4})
     reader = checkpoint.Checkpointer(dgm_run / "checkpoints", read_only=True, best_metric="image_auc")
     assert reader.resolve("best") == best
-    # Rows input | normal | residue | saliency of 4 images, 32 px panels drawn at 64 px with 2 px gaps.
+    # Rows input | normal | residue | saliency of 4 images, 32 px panels drawn at 256 px with 2 px gaps, under
+    # a 26 px band of column titles.
     for step in (2, 4):
-        assert np.asarray(Image.open(dgm_run / "samples" / f"{step}.png")).shape == (4 * 66 - 2, 4 * 66 - 2, 3)
+        assert np.asarray(Image.open(dgm_run / "samples" / f"{step}.png")).shape == (26 + 4 * 258 - 2, 4 * 258 - 2, 3)
     tags = event_tags(dgm_run / "tensorboard")
     assert tags[("image", "samples")] == tags[("scalar", "eval/image_auc")] == [2, 4]
     # `evaluate --checkpoint best` scores that step's state again: the same numbers as during training.

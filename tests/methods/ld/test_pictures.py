@@ -29,4 +29,4 @@ def test_a_trained_run_draws_input_embedding_and_clusters_per_image(ld_run):
     mesh = parallel.make_mesh()
     _, method, state, _ = runs.restore_run(ld_run, "ld", needed="an LD run", mesh=mesh)
     grid = method.samples(state, mesh)
-    assert grid.shape == (4 * 66 - 2, 3 * 66 - 2, 3) and grid.dtype == np.uint8  # 4 rows of 32 px panels at 64 px.
+    assert grid.shape == (26 + 4 * 258 - 2, 3 * 258 - 2, 3) and grid.dtype == np.uint8  # 32 px panels at 256 px.

@@ -98,4 +98,4 @@ def test_samples_draw_the_predicted_outlines_of_the_first_eval_images(segment_ru
     mesh = parallel.make_mesh()
     _, method, state, _ = runs.restore_run(segment_run, "segment", needed="a segment run", mesh=mesh)
     grid = method.samples(state, mesh)
-    assert grid.shape == (64, 4 * 66 - 2, 3) and grid.dtype == np.uint8  # One row: 4 images of 32 px at 64 px.
+    assert grid.shape == (256, 4 * 258 - 2, 3) and grid.dtype == np.uint8  # One row: 4 images of 32 px at 256 px.
