@@ -82,30 +82,41 @@ def _run_demo(workdir, methods, **kwargs):
     return lines, tiny
 
 
-def test_demo_runs_methods_side_by_side_and_continues(tmp_path):
-    lines, tiny = _run_demo(tmp_path, ["convirt", "ld"], lanes=2)
-    assert lines[0].startswith("running convirt | ld side by side")  # Two processes, each logging to a file.
-    for name in ("convirt", "ld"):
-        assert f"{name}: training 3 steps into {tmp_path / name} (compiling first)" in lines
-        assert (tmp_path / "logs" / f"{name}.log").is_file()
-
+def test_demo_reruns_skip_what_is_done_and_longer_demos_continue(tmp_path):
+    lines, tiny = _run_demo(tmp_path, ["ld"])  # One method: one lane, in this process.
+    assert lines[0] == f"ld: training 3 steps into {tmp_path / 'ld'} (compiling first)"
+    assert lines[-1].startswith("ld: done; mean radial error (px):")
     stamp = (tmp_path / "ld" / "eval" / "metrics.json").stat().st_mtime_ns
     again = []
     demo.run(tmp_path, ["ld"], status=again.append, variant="smoke", overrides=tiny)
     assert "already" in again[0] and (tmp_path / "ld" / "eval" / "metrics.json").stat().st_mtime_ns == stamp
-    more = []  # A longer demo continues the same run from its checkpoint, here in this process.
-    demo.run(tmp_path, ["ld"], status=more.append, variant="smoke", overrides=[*tiny[1:], "train.num_steps=4"],
-             lanes=1)
+    more = []  # A longer demo continues the same run from its checkpoint.
+    demo.run(tmp_path, ["ld"], status=more.append, variant="smoke", overrides=[*tiny[1:], "train.num_steps=4"])
     assert more[0] == f"ld: training 4 steps into {tmp_path / 'ld'} (compiling first)"
     assert json.loads((tmp_path / "ld" / "eval" / "metrics.json").read_text())["step"] == 4
     assert json.loads((tmp_path / "ld" / "config.json").read_text())["train"]["num_steps"] == 4
 
 
+def test_side_by_side_lanes_report_a_failing_method_and_keep_its_log(tmp_path):
+    lines = []
+    broken = ["data.train.source=jsrt", f"data.train.path={tmp_path / 'missing'}"]  # Fails in the lane's process.
+    with pytest.raises(demo.DemoError, match=f"failed; see {tmp_path / 'logs'}"):
+        demo.run(tmp_path, ["convirt", "ld"], status=lines.append, variant="smoke", overrides=broken, lanes=2)
+    assert lines[0].startswith("running convirt | ld side by side")
+    for name in ("convirt", "ld"):
+        assert any(line.startswith(f"{name}: failed: ") for line in lines)
+        assert "Traceback" in (tmp_path / "logs" / f"{name}.log").read_text()
+    assert not (tmp_path / "index.html").exists()
+
+
 @pytest.mark.slow
-def test_the_whole_demo_in_one_process(tmp_path):
-    lines, _ = _run_demo(tmp_path, list(demo.DEMOS), lanes=1)
-    assert len(lines) == 9  # Training, evaluating and done, per method.
-    assert lines[2].startswith("dgm: done; image AUC")
+def test_the_whole_demo_side_by_side(tmp_path):
+    lines, _ = _run_demo(tmp_path, list(demo.DEMOS), lanes=2)
+    assert lines[0].startswith("running dgm | convirt then ld side by side")  # Two processes, logs in W/logs.
+    for name in demo.DEMOS:
+        assert f"{name}: training 3 steps into {tmp_path / name} (compiling first)" in lines
+        assert any(line.startswith(f"{name}: done; ") for line in lines)
+        assert (tmp_path / "logs" / f"{name}.log").is_file()
 
 
 def test_demo_method_errors_are_one_line():
