@@ -85,7 +85,8 @@ def shape_dice(method, state, mesh, data: dict[str, np.ndarray], outdir: pathlib
     channel0 = functools.partial(_channel0, method)
     probs, rows = runs.predict(method, state, {"image": images}, mesh, fn=channel0)
     pred = probs[np.argsort(rows)] > 0.5
-    segment_eval.plot_overlays(images[..., 0], pred[..., None].astype(np.uint8), outdir / "shape.png")
+    segment_eval.plot_overlays(images[..., 0], pred[..., None].astype(np.uint8), outdir / "shape.png",
+                               structures=(config.shape.structure,))
     dice = segment_eval.dice_scores(pred[..., None], truth[..., None])[:, 0]
     mean_mask = np.broadcast_to(prior.mean(axis=0) > 0.5, pred.shape)
     baseline = segment_eval.dice_scores(mean_mask[..., None], truth[..., None])[:, 0]

@@ -13,6 +13,7 @@ from PIL import Image
 
 from cxr_jax import runs
 from cxr_jax.methods.segment import segmenter as segment
+from cxr_jax.metrics import image_grid
 
 
 def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
@@ -27,7 +28,8 @@ def evaluate(method, state, mesh, outdir: pathlib.Path) -> dict[str, float]:
     result["dice_mean"] = float(scores.mean())  # One number for eval.best_metric, whatever the structures.
     result["num_images"] = float(len(rows))
     if key == "image":
-        plot_overlays(data["image"][rows, ..., 0], (probs > 0.5).astype(np.uint8), outdir / "overlays.png")
+        plot_overlays(data["image"][rows, ..., 0], (probs > 0.5).astype(np.uint8), outdir / "overlays.png",
+                      structures=config.model.structures)
     return result
 
 
@@ -39,7 +41,7 @@ def dice_scores(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.where(total > 0, 2 * overlap / np.maximum(total, 1), 1.0)
 
 
-def plot_overlays(images: np.ndarray, masks: np.ndarray, path: pathlib.Path, most: int = 8) -> None:
-    """The first `most` images with their predicted outlines, side by side."""
+def plot_overlays(images: np.ndarray, masks: np.ndarray, path: pathlib.Path, *, structures, most: int = 8) -> None:
+    """The first `most` images with their predicted outlines, side by side (≥ 256 px each), under a legend."""
     tiles = [np.asarray(segment.overlay(x, m)) for x, m in zip(images[:most], masks[:most])]
-    Image.fromarray(np.concatenate(tiles, axis=1)).save(path)
+    Image.fromarray(image_grid([tiles], titles=(segment.legend(structures),))).save(path)

@@ -15,6 +15,12 @@ from cxr_jax import parallel, runs
 from cxr_jax.config import ConfigError
 
 OUTLINE_COLOURS = ((255, 64, 64), (64, 255, 64), (64, 128, 255), (255, 255, 64), (255, 64, 255))
+COLOUR_NAMES = ("red", "green", "blue", "yellow", "magenta")
+
+
+def legend(structures) -> str:
+    """Which outline colour is which structure, e.g. 'outlines: left_lung red, right_lung green'."""
+    return "outlines: " + ", ".join(f"{s} {COLOUR_NAMES[c % len(COLOUR_NAMES)]}" for c, s in enumerate(structures))
 
 
 class Segmenter:

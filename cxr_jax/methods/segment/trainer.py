@@ -132,4 +132,4 @@ class Segment(Method):
         images = self.sample_examples["image"]
         probs, _ = runs.predict(self, state, {"image": images}, mesh)
         return image_grid([[np.asarray(segmenter.overlay(x[..., 0], (p > 0.5).astype(np.uint8)))
-                            for x, p in zip(images, probs)]])
+                            for x, p in zip(images, probs)]], titles=(segmenter.legend(self.config.model.structures),))

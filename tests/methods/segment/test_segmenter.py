@@ -82,7 +82,7 @@ def test_evaluate_reports_dice(segment_run):
     result = runs.evaluate(config, segment_run)
     assert 0.0 <= result["dice_lungs"] <= 1.0 and result["num_images"] == 32
     assert result["dice_mean"] == pytest.approx(result["dice_lungs"])  # One structure: its Dice is the mean.
-    assert (segment_run / "eval" / "overlays.png").is_file()
+    assert np.asarray(Image.open(segment_run / "eval" / "overlays.png")).shape[:2] == (26 + 256, 8 * 258 - 2)
 
 
 def test_segment_rejects_a_run_of_another_method(dgm_run, tmp_path, capsys):
@@ -98,4 +98,4 @@ def test_samples_draw_the_predicted_outlines_of_the_first_eval_images(segment_ru
     mesh = parallel.make_mesh()
     _, method, state, _ = runs.restore_run(segment_run, "segment", needed="a segment run", mesh=mesh)
     grid = method.samples(state, mesh)
-    assert grid.shape == (256, 4 * 258 - 2, 3) and grid.dtype == np.uint8  # One row: 4 images of 32 px at 256 px.
+    assert grid.shape == (26 + 256, 4 * 258 - 2, 3) and grid.dtype == np.uint8  # 4 images of 32 px at 256 px, legend.
