@@ -132,7 +132,7 @@ def run(workdir: str | pathlib.Path, methods: Sequence[str], *, status: Callable
     if len(plan) == 1:
         for name in plan[0]:
             results[name] = _train_and_evaluate(name, chosen[name], workdir / name, status)
-            status(f"{name}: done; " + summary({name: results[name]})[0].split(maxsplit=1)[1])
+            status(f"{name}: done; {headline(name, results[name])}")
     elif plan:
         totals = {name: config.train.num_steps for name, config in chosen.items()}
         results.update(_run_lanes(workdir, plan, cores, totals, status, variant=variant, overrides=overrides))
@@ -201,7 +201,7 @@ def _follow(queue, processes, workdir: pathlib.Path, totals: dict[str, int],
             phase[name] = payload.split()[0] if what == "status" else what  # training | evaluating | done | failed
             if what == "done":
                 results[name] = payload
-                status(f"{name}: done; " + summary({name: payload})[0].split(maxsplit=1)[1])
+                status(f"{name}: done; {headline(name, payload)}")
             elif what == "failed":
                 failed.append(name)
                 status(f"{name}: failed: {payload}")
@@ -264,15 +264,16 @@ class DemoError(RuntimeError):
 
 
 def summary(results: dict[str, dict[str, float]]) -> list[str]:
-    """One line per method: its first row's metric beside the baseline's."""
-    lines = []
-    for name, result in results.items():
-        demo = DEMOS[name]
-        row = demo.rows[0]
-        against = (f"{demo.baseline} {_number(result.get(row.baseline))}" if row.baseline else
-                   f"chance {_number(result.get(row.chance))}")
-        lines.append(f"{name:8s} {row.label}: {_number(result.get(row.metric))} against {against}")
-    return lines
+    """One line per method: its `headline`."""
+    return [f"{name:8s} {headline(name, result)}" for name, result in results.items()]
+
+
+def headline(name: str, result: dict[str, float]) -> str:
+    """A method's first table row: its metric against its baseline (or chance)."""
+    demo, row = DEMOS[name], DEMOS[name].rows[0]
+    against = (f"{demo.baseline} {_number(result.get(row.baseline))}" if row.baseline else
+               f"chance {_number(result.get(row.chance))}")
+    return f"{row.label}: {_number(result.get(row.metric))} against {against}"
 
 
 def write_index(workdir: pathlib.Path, results: dict[str, dict[str, float]]) -> pathlib.Path:

@@ -115,11 +115,10 @@ def category_retrieval(method, state, mesh, category_set: dict) -> dict[str, flo
         query_emb = embed(items) if kind == "i2i" else embed_texts(method, state, mesh, items)
         relevant = np.stack([candidates["relevant"][c] for c in categories])
         scores = _normalize(query_emb) @ candidate_emb.T
-        for k in PRECISION_KS:
-            if k <= scores.shape[1]:
-                result[f"{kind}_precision_at_{k}"] = precision_at_k(scores, relevant, k)
-            if k == 10 and k <= scores.shape[1]:  # Queries resampled: the 95 % interval of precision@10.
-                per_query = _top_k_relevance(scores, relevant, k).mean(axis=1)
+        for k in (k for k in PRECISION_KS if k <= scores.shape[1]):
+            per_query = query_precisions(scores, relevant, k)
+            result[f"{kind}_precision_at_{k}"] = float(np.mean(per_query))
+            if k == 10:  # Queries resampled: the 95 % interval of precision@10.
                 result[f"{kind}_precision_at_10_ci_low"], result[f"{kind}_precision_at_10_ci_high"] = (
                     stats.mean_interval(per_query, cfg=method.config.bootstrap))
         result[f"chance_{kind}_precision"] = float(relevant.mean())
@@ -128,7 +127,12 @@ def category_retrieval(method, state, mesh, category_set: dict) -> dict[str, flo
 
 def precision_at_k(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
     """Mean over queries (rows) of the relevant fraction among the k highest scores (ties broken by index)."""
-    return float(np.mean(_top_k_relevance(scores, relevant, k)))
+    return float(np.mean(query_precisions(scores, relevant, k)))
+
+
+def query_precisions(scores: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
+    """[Q]: each query's (row's) relevant fraction among its k highest scores."""
+    return _top_k_relevance(scores, relevant, k).mean(axis=1)
 
 
 def embed_reports(method, state, mesh, reports) -> np.ndarray:
