@@ -48,12 +48,13 @@ def _pinned(command: list[str], core: int | None) -> list[str]:
     return (["taskset", "-c", str(core)] if core is not None else []) + command
 
 
-def bench_jax(overrides: list[str], *, steps: int, warmup: int, core: int | None, threads: int) -> dict:
-    """`cxr-jax bench` in a fresh process; its JSON result."""
+def bench_jax(overrides: list[str], *, steps: int, warmup: int, core: int | None, threads: int,
+              extra: tuple[str, ...] | list[str] = ()) -> dict:
+    """`cxr-jax bench` in a fresh process (with `extra` flags, e.g. `--profile`); its JSON result."""
     spec, *rest = overrides
     out = ROOT / "benchmarks" / ".last_bench.json"
     command = [sys.executable, "-m", "cxr_jax", "bench", "--config", spec, *[f"--config.{o}" for o in rest],
-               "--steps", str(steps), "--warmup", str(warmup), "--out", str(out)]
+               "--steps", str(steps), "--warmup", str(warmup), "--out", str(out), *extra]
     subprocess.run(_pinned(command, core), cwd=ROOT, env=_env(threads), check=True, capture_output=True)
     return json.loads(out.read_text())
 

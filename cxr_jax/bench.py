@@ -17,13 +17,17 @@ import ml_collections
 import numpy as np
 
 from cxr_jax import config as config_lib
-from cxr_jax import registry
+from cxr_jax import profiling, registry
 from cxr_jax.data import sources
 from cxr_jax.train import loop
 
 
-def run(config: ml_collections.ConfigDict, *, matmul_size: int = 2048, compile_only: bool = False) -> dict[str, float]:
+def run(config: ml_collections.ConfigDict, *, matmul_size: int = 2048, compile_only: bool = False,
+        profile: bool = False) -> dict[str, float]:
     """Benchmarks `config`'s train step; returns a flat dict of named numbers.
+
+    `profile` also runs the timed steps again under `jax.profiler` and adds XLA's op time per step by
+    category (`ops`) and the costliest ops (`top_ops`), from `profiling.op_times`.
 
     `compile_only` stops after compiling: FLOPs and XLA's memory plan of one step (arguments, outputs and
     temporaries), which is how a batch too slow to run here is sized. XLA's cost analysis counts a loop body
@@ -33,7 +37,7 @@ def run(config: ml_collections.ConfigDict, *, matmul_size: int = 2048, compile_o
     result = {"method": config.method, "devices": jax.device_count(), "batch_size": config.batch_size,
               "image_size": config.image_size, "mixed_precision": config.mixed_precision,
               **time_step(s.init_fn, s.step_fn, s.first_batch, seed=config.seed, warmup=config.bench.warmup_steps,
-                          steps=config.bench.num_steps, compile_only=compile_only)}
+                          steps=config.bench.num_steps, compile_only=compile_only, profile=profile)}
     if compile_only:
         return result
     peak = matmul_peak_flops(matmul_size)
@@ -47,7 +51,7 @@ def run(config: ml_collections.ConfigDict, *, matmul_size: int = 2048, compile_o
 
 
 def time_step(init_fn, step_fn, batch: dict, *, seed: int, warmup: int, steps: int,
-              compile_only: bool = False) -> dict[str, float]:
+              compile_only: bool = False, profile: bool = False) -> dict[str, float]:
     """Compiles `step_fn` for a fresh state (`init_fn`) and `batch`, then times `steps` steps after `warmup`.
 
     Every step takes the same batch, already on the devices. Returns the compile time, XLA's FLOPs and memory
@@ -75,6 +79,10 @@ def time_step(init_fn, step_fn, batch: dict, *, seed: int, warmup: int, steps: i
     result.update({"timed_steps": len(times), "step_time_median_s": step_time, "step_time_min_s": min(times),
                    "examples_per_sec": batch_size / step_time,
                    "achieved_flops_per_sec": result["flops_per_step"] / step_time, **device_memory()})
+    if profile:  # After the timing, so the profiler's overhead stays out of it.
+        ops = profiling.op_times(compiled, (state, batch), steps=steps)
+        result.update({"ops": ops["seconds_per_step"], "top_ops": ops["top_ops"],
+                       "profiled_step_s": ops["wall_s_per_step"]})
     return result
 
 

@@ -165,6 +165,9 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
                         help="stop after compiling: FLOPs and XLA's memory plan of one step")
     parser.add_argument("--steps", type=int, help="timed steps (default: the config's bench.num_steps)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default: bench.warmup_steps)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the timed steps: XLA's op time per step by category (convolutions "
+                             "by role, matmuls, layout copies, ...)")
 
 
 def _bench(args, config) -> int:
@@ -177,7 +180,8 @@ def _bench(args, config) -> int:
     if args.data:
         result = bench.run_data(config, num_batches=args.num_batches)
     else:
-        result = bench.run(config, matmul_size=args.matmul_size, compile_only=args.compile_only)
+        result = bench.run(config, matmul_size=args.matmul_size, compile_only=args.compile_only,
+                           profile=args.profile)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
@@ -185,6 +189,10 @@ def _bench(args, config) -> int:
         console.status(f"wrote {args.out}", err=True)
     if not args.data:
         print(bench.summary(result))
+    if "ops" in result:
+        from cxr_jax import profiling
+
+        print(profiling.table(result["ops"]))
     return 0
 
 

@@ -28,10 +28,14 @@ def test_train_evaluate_bench(tmp_path):
 
     out = tmp_path / "bench.json"
     proc = run_cli("bench", "--config", SMOKE, "--out", str(out), "--matmul-size", "256", "--steps", "2",
-                   "--warmup", "0")
+                   "--warmup", "0", "--profile")
     bench = json.loads(out.read_text())
     assert bench["timed_steps"] == 2
-    assert proc.stdout.splitlines()[-1].startswith("classifier batch 8 at 32 px, ")  # The one-line summary.
+    summary = next(line for line in proc.stdout.splitlines() if line.startswith("classifier batch 8 at 32 px, "))
+    assert "s/step (median)" in summary  # The one-line summary, then the profile's table.
+    assert bench["ops"]["conv forward"] > 0 and bench["ops"]["conv kernel gradient"] > 0
+    assert sum(bench["ops"].values()) <= 1.5 * bench["profiled_step_s"]
+    assert "| conv forward |" in proc.stdout and "| **all ops** |" in proc.stdout
     for key in ("step_time_median_s", "examples_per_sec", "compile_time_s", "flops_per_step",
                 "achieved_flops_per_sec", "fraction_of_peak", "peak_host_memory_mb"):
         assert bench[key] > 0, key
