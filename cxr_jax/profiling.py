@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 
+TOP = 15
 CATEGORIES = ("conv forward", "conv input gradient", "conv kernel gradient", "matmul", "reduce / pool",
               "transpose / copy", "pad / slice / concat", "elementwise", "other")
 BACKWARD = "conv backward (both gradients)"
@@ -128,7 +129,7 @@ def op_times(compiled, args: tuple, *, steps: int, chain: bool = True) -> dict[s
     for name, seconds in per_op.items():
         totals[categories[name]] += seconds
     top = [(name, categories[name], seconds, calls[name] / steps) for name, seconds in
-           sorted(per_op.items(), key=lambda kv: -kv[1])[:15]]
+           sorted(per_op.items(), key=lambda kv: -kv[1])[:TOP]]
     return {"seconds_per_step": totals, "top_ops": top, "wall_s_per_step": wall}
 
 

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cxr_jax.models.layers import BatchNorm, Conv
+
 # Channels per conv; 'M' is a 2×2 max-pool (the official `vgg16_bn_tiny`, without its final pool).
 VGG16_TINY = (16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 128, 128, 128, "M", 128, 128, 128)
 
@@ -30,8 +32,8 @@ class ConvBNReLU(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """[B, H, W, C_in] → [B, H, W, features]; `train` uses and updates the batch statistics."""
-        x = nn.Conv(self.features, (3, 3), padding=1, kernel_init=KAIMING_FAN_OUT, dtype=self.dtype)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x)
+        x = Conv(self.features, (3, 3), padding=1, kernel_init=KAIMING_FAN_OUT, dtype=self.dtype)(x)
+        x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x)
         return nn.relu(x)
 
 
@@ -124,7 +126,7 @@ class SegmentationUNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Images [B, H, W, C] → logits [B, H, W, num_classes]."""
         features = UNet(self.layers, self.widths, self.dtype, name="unet")(x, train)
-        logits = nn.Conv(self.num_classes, (3, 3), padding=1, kernel_init=KAIMING_FAN_OUT, dtype=self.dtype,
+        logits = Conv(self.num_classes, (3, 3), padding=1, kernel_init=KAIMING_FAN_OUT, dtype=self.dtype,
                          name="head")(features)
         return logits.astype(jnp.float32)
 

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from cxr_jax.models import bert
+from cxr_jax.models import bert, layers
 
 
 class ProjectionHead(nn.Module):
@@ -31,7 +31,7 @@ class ProjectionHead(nn.Module):
         """[B, in] → [B, out_dim]."""
         x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="hidden")(x)
         if self.batch_norm:
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="norm")(x)
+            x = layers.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="norm")(x)
         return nn.Dense(self.out_dim, dtype=self.dtype, name="out")(nn.relu(x))
 
 

@@ -45,17 +45,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cxr_jax import ops
+from cxr_jax.models import layers
+
 Dtype = Any
 NORMS = ("in", "ln", "adain", "none")
 GEN_INIT = nn.initializers.kaiming_normal()
 
 
 def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
-    """Per-sample, per-channel normalisation over H, W (biased variance, no affine), computed in float32."""
-    x32 = x.astype(jnp.float32)
-    mean = x32.mean(axis=(1, 2), keepdims=True)
-    var = x32.var(axis=(1, 2), keepdims=True)
-    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+    """Per-sample, per-channel normalisation over H, W (biased variance, no affine), computed in float32.
+
+    The sums over H, W and their gradients go through `ops.channel_sum` (fast on XLA:CPU).
+    """
+    x32, count = x.astype(jnp.float32), x.shape[1] * x.shape[2]
+    centred = x32 - ops.channel_broadcast(ops.channel_sum(x32, per_example=True) / count, x.shape, True)
+    var = ops.channel_sum(jnp.square(centred), per_example=True) / count
+    return (centred * ops.channel_broadcast(jax.lax.rsqrt(var + eps), x.shape, True)).astype(x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -69,13 +75,17 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """NHWC in, NHWC out."""
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(axis=(1, 2, 3), keepdims=True)
-        count = x.shape[1] * x.shape[2] * x.shape[3]
-        std = jnp.sqrt(jnp.sum((x32 - mean) ** 2, axis=(1, 2, 3), keepdims=True) / max(count - 1, 1))
-        gamma = self.param("scale", nn.initializers.uniform(1.0), (x.shape[-1],))
-        beta = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-        return ((x32 - mean) / (std + self.eps) * gamma + beta).astype(x.dtype)
+        x32, count, channels = x.astype(jnp.float32), x.size // x.shape[0], x.shape[-1]
+
+        def per_sample(v):  # [B] → [B, H, W, C], its gradient summed by `ops.channel_sum`.
+            return ops.channel_broadcast(jnp.repeat(v[:, None], channels, axis=1), x.shape, True)
+
+        centred = x32 - per_sample(ops.channel_sum(x32, per_example=True).sum(axis=1) / count)
+        std = jnp.sqrt(ops.channel_sum(jnp.square(centred), per_example=True).sum(axis=1) / max(count - 1, 1))
+        gamma = self.param("scale", nn.initializers.uniform(1.0), (channels,))
+        beta = self.param("bias", nn.initializers.zeros, (channels,))
+        y = centred * per_sample(1 / (std + self.eps)) * ops.channel_broadcast(gamma, x.shape)
+        return (y + ops.channel_broadcast(beta, x.shape)).astype(x.dtype)
 
 
 class ConvBlock(nn.Module):
@@ -103,8 +113,8 @@ class ConvBlock(nn.Module):
                                  "(image too small for this many down-sampling layers)")
             mode = "reflect" if self.padding == "reflect" else "constant"
             x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=mode)
-        x = nn.Conv(self.features, (self.kernel, self.kernel), self.stride, padding="VALID",
-                    kernel_init=self.kernel_init, dtype=self.dtype)(x)
+        x = layers.Conv(self.features, (self.kernel, self.kernel), self.stride, padding="VALID",
+                        kernel_init=self.kernel_init, dtype=self.dtype)(x)
         x = self._norm(x, adain)
         if self.activation == "relu":
             return nn.relu(x)
@@ -121,7 +131,8 @@ class ConvBlock(nn.Module):
             return LayerNorm()(x)
         if self.norm == "adain":
             scale, bias = adain
-            return instance_norm(x) * scale[:, None, None, :].astype(x.dtype) + bias[:, None, None, :].astype(x.dtype)
+            scale, bias = (ops.channel_broadcast(v.astype(x.dtype), x.shape, True) for v in (scale, bias))
+            return instance_norm(x) * scale + bias
         if self.norm != "none":
             raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
         return x
@@ -306,7 +317,7 @@ class PatchDiscriminator(nn.Module):
         init = nn.initializers.normal(self.init_std)
         for i in range(self.n_layers):
             x = ConvBlock(self.dim * 2**i, 4, 2, activation="lrelu", kernel_init=init, dtype=self.dtype)(x)
-        return nn.Conv(1, (1, 1), kernel_init=init, dtype=self.dtype)(x).astype(jnp.float32)
+        return layers.Conv(1, (1, 1), kernel_init=init, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 class MultiScaleDiscriminator(nn.Module):

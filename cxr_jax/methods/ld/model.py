@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cxr_jax.models import unet
+from cxr_jax.models import layers, unet
 from cxr_jax.ops import l2_normalize
 
 # The official decoder: three conv levels, then up-sample + concatenate only (the heads' input).
@@ -32,7 +32,7 @@ class Head(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """[B, H, W, C] → [B, H, W, features] in float32."""
         x = unet.ConvBNReLU(self.features, self.dtype)(x, train)
-        x = nn.Conv(self.features, (3, 3), padding=1, kernel_init=unet.KAIMING_FAN_OUT, dtype=self.dtype)(x)
+        x = layers.Conv(self.features, (3, 3), padding=1, kernel_init=unet.KAIMING_FAN_OUT, dtype=self.dtype)(x)
         return x.astype(jnp.float32)
 
 
