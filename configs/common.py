@@ -25,7 +25,7 @@ def base(method: str) -> ml_collections.ConfigDict:
     c.train.log_every = 10
     c.train.checkpoint_every = 50
     c.train.keep_checkpoints = 3
-    c.train.cpu_ynn_fusions = True  # On CPU, let XLA hand ops to YNNPACK (its default); see parallel.py.
+    c.train.cpu_ynn_fusions = False  # On CPU, XLA's own kernels; True hands ops to YNNPACK (slower here, parallel.py).
 
     c.data = ml_collections.ConfigDict()
     c.data.train = data_spec("phantom", "train")

@@ -28,7 +28,6 @@ def _base() -> ml_collections.ConfigDict:
     """The keys and defaults every variant starts from."""
     c = common.base("dgm")
     c.batch_size = 8
-    c.train.cpu_ynn_fusions = False  # XLA's own CPU convolutions: faster than YNNPACK here (README, benchmarks).
     c.model = ml_collections.ConfigDict()
     c.model.generator = ml_collections.ConfigDict(dict(
         dim=64,  # Channels after the first conv; doubled by each down-sampling.

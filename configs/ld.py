@@ -36,8 +36,6 @@ def _base() -> ml_collections.ConfigDict:
     """The keys and defaults every variant starts from."""
     c = common.base("ld")
     c.batch_size = 8
-    # XLA's own CPU convolutions, not YNNPACK: faster and smaller for the paper step (README, benchmarks).
-    c.train.cpu_ynn_fusions = False
     c.model = ml_collections.ConfigDict()
     c.model.embed_dim = 32  # D: the embedding head's channels (unit length per pixel).
     c.model.num_clusters = 16  # K: the clustering head's channels.
