@@ -30,7 +30,7 @@ def test_channel_sum_of_bfloat16_accumulates_in_float32():
 def test_channel_broadcast_gradient_is_the_channel_sum():
     v = jnp.arange(24.0)
     for per_example, value in ((False, v), (True, jnp.stack([v] * 4))):
-        y, vjp = jax.vjp(lambda v: ops.channel_broadcast(v, X.shape, per_example), value)
+        y, vjp = jax.vjp(lambda v, p=per_example: ops.channel_broadcast(v, X.shape, p), value)
         assert y.shape == X.shape and bool(jnp.all(y[1, 2, 3] == v))
         np.testing.assert_allclose(vjp(X)[0], ops.channel_sum(X, per_example=per_example), rtol=1e-6)
 
