@@ -21,7 +21,7 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 def _row_width(x: jax.Array, max_width: int = 4096) -> int:
     """How many pixels of one example go in a row: the largest divisor k of the spatial size with k·C ≤ max."""
     spatial, channels = math.prod(x.shape[1:-1]), x.shape[-1]
-    return max((k for k in range(1, spatial + 1) if spatial % k == 0 and k * channels <= max_width), default=1)
+    return max(k for k in range(1, min(spatial, max(max_width // channels, 1)) + 1) if spatial % k == 0)
 
 
 def channel_sum(x: jax.Array, *, per_example: bool = False) -> jax.Array:
