@@ -110,6 +110,7 @@ def test_step_compiles_once(smoke):
     assert int(state.step) == 3
 
 
+@pytest.mark.slow  # ~19 s compiling DGM's step; cheaper: test_checkpoint's round trip of a two-network state.
 def test_the_state_of_both_networks_and_the_ema_round_trips_through_orbax(smoke, tmp_path):
     config, method, s = smoke
     state, _ = s.step_fn(s.init_fn(jax.random.key(0), s.first_batch), s.first_batch)
