@@ -50,9 +50,9 @@ def compiler_options(mesh: Mesh, *, ynn_fusions: bool = True) -> dict[str, str]:
     - Keep the optimization barriers that make `jax.checkpoint` work. XLA's CPU pipeline expands them early
       (pass `cse_barrier_expander`) and its later CSE merges the recomputed forward back into the stored one,
       so rematerialisation saved no memory at all.
-    - With `ynn_fusions` False (the config's `train.cpu_ynn_fusions`), leave ops to XLA's own CPU emitters,
-      not YNNPACK, where this XLA has the option: faster and smaller for LD's and DGM's steps, slower for
-      ConVIRT's (the README's benchmark notes have the figures).
+    - With `ynn_fusions` False (the config's `train.cpu_ynn_fusions`, every config's default), leave ops to
+      XLA's own CPU emitters, not YNNPACK, where this XLA has the option: faster and smaller for every
+      method's step (docs/performance.md has the figures).
     """
     if mesh.devices.flat[0].platform != "cpu":
         return {}
