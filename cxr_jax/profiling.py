@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import gzip
 import json
+import math
 import pathlib
 import re
 import tempfile
@@ -21,7 +22,6 @@ from typing import Any
 
 import jax
 
-TOP = 15
 CATEGORIES = ("conv forward", "conv input gradient", "conv kernel gradient", "matmul", "reduce / pool",
               "transpose / copy", "pad / slice / concat", "elementwise", "other")
 BACKWARD = "conv backward (both gradients)"
@@ -85,28 +85,21 @@ def _conv_role(rest: str) -> str:
     window = re.search(r"window=\{size=([\dx]+)", rest)
     labels = re.search(r"dim_labels=\w+->(\w+)", rest)
     shape = re.search(r"^[^\[]*\[([\d,]*)\]", rest)
-    window_size = _product(window.group(1).split("x")) if window else 1
+    window_size = math.prod(int(v) for v in window.group(1).split("x")) if window else 1
     out_spatial = 1
     if labels and shape:  # The output's spatial dims: the digits in its labels, e.g. b01f.
         dims = [int(d) for d in shape.group(1).split(",") if d]
-        out_spatial = _product(dims[i] for i, c in enumerate(labels.group(1)) if c.isdigit() and i < len(dims))
+        out_spatial = math.prod(dims[i] for i, c in enumerate(labels.group(1)) if c.isdigit() and i < len(dims))
     if window_size > 1 and window_size >= out_spatial:
         return "conv kernel gradient"
     return "conv input gradient" if "transpose(" in rest else "conv forward"
 
 
-def _product(values) -> int:
-    result = 1
-    for v in values:
-        result *= int(v)
-    return result
-
-
-def op_times(compiled, args: tuple, *, steps: int, chain: bool = True) -> dict[str, Any]:
+def op_times(compiled, args: tuple, *, steps: int, chain: bool = True, top: int = 15) -> dict[str, Any]:
     """Runs `compiled(*args)` `steps` times under `jax.profiler` and sums XLA's op events per step.
 
     With `chain`, each call's first output replaces the first argument (a train step's state). Returns
-    `{"seconds_per_step": {category: s}, "top_ops": [(name, category, s per step, calls per step)],
+    `{"seconds_per_step": {category: s}, "top_ops": the `top` costliest [(name, category, s/step, calls/step)],
     "wall_s_per_step": s}`; ops the module does not name (runtime overhead) are not counted.
     """
     categories = classify(compiled.as_text())
@@ -129,7 +122,7 @@ def op_times(compiled, args: tuple, *, steps: int, chain: bool = True) -> dict[s
     for name, seconds in per_op.items():
         totals[categories[name]] += seconds
     top = [(name, categories[name], seconds, calls[name] / steps) for name, seconds in
-           sorted(per_op.items(), key=lambda kv: -kv[1])[:TOP]]
+           sorted(per_op.items(), key=lambda kv: -kv[1])[:top]]
     return {"seconds_per_step": totals, "top_ops": top, "wall_s_per_step": wall}
 
 
