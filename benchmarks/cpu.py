@@ -83,16 +83,21 @@ def table(rows: list[tuple[str, dict, dict | None]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def add_arguments(parser: argparse.ArgumentParser, *, out: str, steps: int, what: str) -> None:
+    """The flags this script shares with `op_profile.py`: output, peers, steps, warm-up, core and cases."""
+    parser.add_argument("--out", default=out, help="the Markdown file to write")
+    parser.add_argument("--peers", help="torch_peers.py (e.g. ../shared/bench/torch_peers.py); none: no peer column")
+    parser.add_argument("--steps", type=int, default=steps, help=f"{what} steps per measurement")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--core", type=int, default=1, help="pin each process to this core (-1: no pinning)")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
+
+
 def main() -> None:
     """Runs every case (cxr_jax, then its peer) and writes the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/cpu.md", help="the Markdown file to write")
-    parser.add_argument("--peers", help="torch_peers.py (e.g. ../shared/bench/torch_peers.py); none: no peer column")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--core", type=int, default=1, help="pin each process to this core (-1: no pinning)")
+    add_arguments(parser, out="benchmarks/cpu.md", steps=3, what="timed")
     parser.add_argument("--threads", type=int, default=1, help="threads per framework")
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
     args = parser.parse_args()
     core = None if args.core < 0 else args.core
     rows = []

@@ -82,9 +82,9 @@ def profile_torch(peers: str, args: list[str], *, steps: int, warmup: int, threa
     seconds = collections.Counter()
     ops = []
     for event in prof.key_averages():
-        per_step = event.self_cpu_time_total / 1e6 / steps
-        seconds[torch_category(event.key)] += per_step
-        ops.append((event.key, torch_category(event.key), per_step, event.count / steps))
+        per_step, category = event.self_cpu_time_total / 1e6 / steps, torch_category(event.key)
+        seconds[category] += per_step
+        ops.append((event.key, category, per_step, event.count / steps))
     return {"ops": dict(seconds), "top_ops": sorted(ops, key=lambda o: -o[2])[:15]}
 
 
@@ -106,13 +106,7 @@ def report(name: str, jax_result: dict, torch_result: dict | None) -> str:
 def main() -> None:
     """Profiles each case in its own pinned process (cxr_jax, then its peer) and writes the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/op_profile.md", help="the Markdown file to write")
-    parser.add_argument("--peers", help="torch_peers.py; none: no peer column")
-    parser.add_argument("--steps", type=int, default=2, help="profiled steps per measurement")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--core", type=int, default=1, help="pin each process to this core (-1: no pinning)")
-    parser.add_argument("--cases", default=",".join(cpu.CASES), help="comma-separated subset of "
-                        + ", ".join(cpu.CASES))
+    cpu.add_arguments(parser, out="benchmarks/op_profile.md", steps=2, what="profiled")
     parser.add_argument("--torch-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_child is not None:  # Inside the pinned peer process.
