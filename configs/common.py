@@ -59,6 +59,7 @@ def data_spec(source: str, split: str) -> ml_collections.ConfigDict:
     spec.split = split
     spec.patient_split = False  # nih1000: split by a hash of patient_id instead of the CSV's split column.
     spec.num_examples = 0  # 0: all of the split (phantom: must be set).
+    spec.sample_seed = -1  # With num_examples: -1 keeps the split's first rows; a seed ≥ 0 draws them at random.
     spec.uncertain = "zeros"  # CheXpert-style -1 labels: zeros | ones | ignore (kept as -1).
     spec.frontal_only = True  # Drop lateral views where a layout records the view.
     spec.on_error = "raise"  # A bad file or row: raise | skip (leave the example out, count, log).

@@ -243,11 +243,11 @@ def load(spec, *, image_size: int, seed: int) -> Examples:
             raise DataError(f"{data_dir}/{name} was prepared with {key}={value!r}, but data.*.{key} is "
                             f"{spec[key]!r}; prepare it again with that option (or change the config)")
     source = _source(data_dir, name, stored)
-    num = len(source) if spec.num_examples <= 0 else min(spec.num_examples, len(source))
+    chosen = fileio.chosen_indices(len(source), spec)
     prefix = f"{RECORD_PREFIX}{name}:{stored}:"
     examples = []
-    for start in range(0, num, 256):  # In chunks: a chunk's PNG bytes are dropped once decoded (or, streamed, unread).
-        indices = list(range(start, min(num, start + 256)))
+    for start in range(0, len(chosen), 256):  # In chunks: a chunk's PNG bytes are dropped once decoded (or unread).
+        indices = chosen[start:start + 256]
         examples += [_example(record, image_size, stream=spec.stream, ref=f"{prefix}{i}:{_absolute(data_dir)}")
                      for i, record in zip(indices, source.__getitems__(indices))]
     if examples and "boxes" in examples[0]:  # Padded as the loader pads: to the most boxes of the rows read.

@@ -93,6 +93,12 @@ def test_prepared_jsrt_reads_back_the_loaders_arrays(tmp_path, capsys):
     capped = sources.load(data_spec("jsrt", None, "all", tfds_data_dir=str(data_dir), num_examples=2),
                           image_size=16, seed=0)
     assert list(capped["name"]) == list(memory["name"][:2])
+    # With sample_seed, the cap draws its rows with that seed, the same from the folder and from the records.
+    drawn = [sources.load(data_spec("jsrt", path, "all", tfds_data_dir=dd, num_examples=3, sample_seed=seed),
+                          image_size=16, seed=0)["name"].tolist()
+             for seed in (0, 1) for path, dd in ((root, None), (None, str(data_dir)))]
+    assert drawn[0] == drawn[1] and drawn[2] == drawn[3] and drawn[0] != drawn[2]
+    assert all(set(d) <= set(memory["name"]) and len(set(d)) == 3 for d in drawn)
     with pytest.raises(SystemExit, match="2"):
         main(["data", "prepare", "jsrt", "--path", str(root), "--data-dir", str(data_dir)])
     assert "cxr_jsrt/1.0.0 exists; remove it to prepare jsrt again" in capsys.readouterr().err

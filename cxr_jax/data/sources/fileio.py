@@ -118,8 +118,21 @@ def _read_rows(rows, read_row, *, spec, image_size: int | None, where: str, skip
 
 
 def first(rows: list, spec) -> list:
-    """The first `spec.num_examples` rows (all when it is 0): the cap every loader applies before reading."""
-    return rows[:spec.num_examples] if spec.num_examples > 0 else rows
+    """The `spec.num_examples` rows (all when it is 0) every loader keeps before reading: see `chosen_indices`."""
+    return [rows[i] for i in chosen_indices(len(rows), spec)]
+
+
+def chosen_indices(total: int, spec) -> list[int]:
+    """Indices of the rows a capped split keeps, in order.
+
+    The first `spec.num_examples`, or with `spec.sample_seed` ≥ 0 that many drawn at random with that seed (e.g.
+    which images of a few-shot run are labelled, varied across seeds).
+    """
+    num = total if spec.num_examples <= 0 else min(spec.num_examples, total)
+    seed = spec.get("sample_seed", -1)
+    if seed < 0 or num == total:
+        return list(range(num))
+    return sorted(np.random.default_rng(seed).choice(total, num, replace=False).tolist())
 
 
 def _stack(examples: list[dict]) -> dict[str, np.ndarray]:
