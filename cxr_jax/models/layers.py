@@ -4,7 +4,8 @@ Each has the same variables, initialisation and results as `flax.linen.Conv` / `
 their defaults (and the same automatic names, `Conv_0`, `BatchNorm_0`), so checkpoints and imported
 torchvision weights load unchanged. What differs is how the sums over all pixels are taken: a conv's bias
 gradient and BatchNorm's statistics and their gradients go through `ops.channel_sum`, since XLA:CPU reduces
-an NHWC activation over its leading axes many times slower (they took about half of LD's step).
+an NHWC activation over its leading axes many times slower (they took about half of LD's step); and a 1×1
+conv is a matmul.
 """
 
 from __future__ import annotations
@@ -39,8 +40,27 @@ class Conv(nn.Module):
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
         padding = [(self.padding, self.padding)] * 2 if isinstance(self.padding, int) else self.padding
-        y = jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if tuple(self.kernel_size) == (1, 1) and _no_padding(padding):
+            y = _pointwise(x, kernel, strides)
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y if bias is None else y + ops.channel_broadcast(bias, y.shape)
+
+
+def _no_padding(padding) -> bool:
+    return padding in ("SAME", "VALID") or all(tuple(p) == (0, 0) for p in padding)
+
+
+def _pointwise(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+    """A 1×1 conv as a matmul over [N·H·W, C].
+
+    XLA:CPU then takes its kernel gradient as a plain matmul too, where a conv's first lays the activation out
+    channel-major (a transpose per conv; see docs/performance.md).
+    """
+    x = x[:, ::strides[0], ::strides[1]]
+    n, h, w, c = x.shape
+    return (x.reshape(n * h * w, c) @ kernel.reshape(c, -1)).reshape(n, h, w, -1)
 
 
 class BatchNorm(nn.Module):

@@ -18,7 +18,7 @@ from cxr_jax.models import layers
 def _layers(dtype, train: bool):
     """Bias-free conv and BatchNorm (torchvision's momentum 0.1 = flax 0.9, eps 1e-5)."""
     norm = partial(layers.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
-    return partial(nn.Conv, use_bias=False, dtype=dtype), norm
+    return partial(layers.Conv, use_bias=False, dtype=dtype), norm
 
 
 class BasicBlock(nn.Module):

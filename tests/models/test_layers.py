@@ -55,10 +55,13 @@ def _compare(ours: nn.Module, flax: nn.Module, *, train: bool, atol: float):
                  (aux_flax, g_flax))
 
 
-@pytest.mark.parametrize("kwargs", [dict(padding=1), dict(padding="VALID", strides=2), dict(use_bias=False),
-                                    dict(padding=1, kernel_init=nn.initializers.he_normal())])
-def test_conv_is_flax_conv(kwargs):
-    _compare(layers.Conv(7, (3, 3), **kwargs), nn.Conv(7, (3, 3), **kwargs), train=True, atol=2e-3)
+@pytest.mark.parametrize("kernel,kwargs", [
+    ((3, 3), dict(padding=1)), ((3, 3), dict(padding="VALID", strides=2)), ((3, 3), dict(use_bias=False)),
+    ((3, 3), dict(padding=1, kernel_init=nn.initializers.he_normal())),
+    ((1, 1), {}), ((1, 1), dict(strides=2, use_bias=False)), ((1, 1), dict(padding="VALID", strides=(2, 1))),
+    ((1, 1), dict(padding=1))])  # 1×1 without padding: a matmul; with padding: a conv.
+def test_conv_is_flax_conv(kernel, kwargs):
+    _compare(layers.Conv(7, kernel, **kwargs), nn.Conv(7, kernel, **kwargs), train=True, atol=2e-3)
 
 
 @pytest.mark.parametrize("train", [True, False])
