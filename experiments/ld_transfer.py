@@ -10,7 +10,7 @@ difference LD − random is reported too.
         --out docs/ld_transfer.json --seeds 0 1 2 --labels 1 5 0 --steps 200
 
 Each finished cell's metrics are read back from its run directory, so an interrupted sweep resumes where it
-stopped. `--markdown` prints the table of an existing `--out` file.
+stopped. `--markdown` prints the table of an existing `--out` file (of the seeds finished so far).
 """
 
 from __future__ import annotations
@@ -61,13 +61,16 @@ def _final(history: pathlib.Path, steps: int) -> dict | None:
 
 
 def summarise(cells: dict) -> dict:
-    """Mean, sd and the paired LD − random difference per (labels, structure), over seeds."""
+    """Mean, sd and LD's paired wins per (labels, structure), over the seeds both initialisations finished."""
     summary = {}
     for labels, by_init in cells.items():
+        n = min(len(by_init["ld"]), len(by_init["random"]))
+        if not n:
+            continue
         row = {}
         for s in (*STRUCTURES, "mean"):
-            ld = np.array([r[f"dice_{s}"] for r in by_init["ld"]])
-            rand = np.array([r[f"dice_{s}"] for r in by_init["random"]])
+            ld = np.array([r[f"dice_{s}"] for r in by_init["ld"][:n]])
+            rand = np.array([r[f"dice_{s}"] for r in by_init["random"][:n]])
             row[s] = {"ld_mean": ld.mean(), "ld_sd": ld.std(ddof=1) if len(ld) > 1 else 0.0,
                       "random_mean": rand.mean(), "random_sd": rand.std(ddof=1) if len(rand) > 1 else 0.0,
                       "ld_wins": int((ld > rand).sum()), "seeds": len(ld)}
@@ -83,8 +86,9 @@ def markdown(summary: dict) -> str:
         cells = []
         for s in (*STRUCTURES, "mean"):
             c = row[s]
-            cells.append(f"{c['ld_mean']:.3f} ± {c['ld_sd']:.3f} vs {c['random_mean']:.3f} ± {c['random_sd']:.3f} "
-                         f"({c['ld_wins']}/{c['seeds']})")
+            ld, rand = (f"{c[k + '_mean']:.3f}" + (f" ± {c[k + '_sd']:.3f}" if c["seeds"] > 1 else "")
+                        for k in ("ld", "random"))
+            cells.append(f"{ld} vs {rand} ({c['ld_wins']}/{c['seeds']})")
         lines.append(f"| {labels} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     out = pathlib.Path(a.out)
     if a.markdown:
-        print(markdown(json.loads(out.read_text())["summary"]))
+        done = json.loads(out.read_text())  # A sweep still running has its cells but no summary yet.
+        print(markdown(done.get("summary") or summarise(done["cells"])))
         return
     if not a.ld_run:
         p.error("--ld-run is required to run the sweep")
