@@ -39,6 +39,9 @@ def _base() -> ml_collections.ConfigDict:
     ))
     c.model.discriminator = ml_collections.ConfigDict(dict(dim=64, n_layers=4, num_scales=3))
     c.model.discriminator.init_std = 0.02  # Weights ~ N(0, init_std): MUNIT's choice (the paper is silent).
+    # σ (pixels) of a Gaussian blur on every image D sees, real and fake; 0: none (the paper). docs/dgm.md: D
+    # otherwise learns to tell y′ by its blur alone.
+    c.model.discriminator.input_blur = 0.0
     # The anomaly baseline trained beside DGM on the same batches' normals (its metrics are `ae_…`).
     c.model.ae = ml_collections.ConfigDict(dict(enabled=True, dim=32, n_down=3, latent=128))
 

@@ -44,6 +44,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cxr_jax import ops
 from cxr_jax.models import layers
@@ -328,16 +329,32 @@ class MultiScaleDiscriminator(nn.Module):
     num_scales: int = 3
     dtype: Dtype = jnp.float32
     init_std: float = 0.02  # MUNIT's N(0, 0.02) weights.
+    input_blur: float = 0.0  # σ (pixels) of a Gaussian blur of every image D sees, real and fake; 0: none.
 
     @nn.compact
     def __call__(self, x: jax.Array) -> list[jax.Array]:
         """Images [B, H, W, 1] → one score map per scale, finest first."""
         outputs = []
-        x = x.astype(self.dtype)
+        x = gaussian_blur(x.astype(self.dtype), self.input_blur) if self.input_blur else x.astype(self.dtype)
         for _ in range(self.num_scales):
             outputs.append(PatchDiscriminator(self.dim, self.n_layers, self.dtype, self.init_std)(x))
             x = nn.avg_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)), count_include_pad=False)
         return outputs
+
+
+def gaussian_blur(x: jax.Array, sigma: float) -> jax.Array:
+    """[B, H, W, 1] blurred by a separable Gaussian of `sigma` pixels (radius 3σ), edges reflected.
+
+    For the discriminator's `input_blur`: a sharpness cue (y′ is smoother than any real image) is then no longer
+    enough to tell fakes from reals; shapes and intensities, which lesions change, still are.
+    """
+    radius = max(int(np.ceil(3 * sigma)), 1)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = jnp.asarray(taps / taps.sum(), x.dtype)
+    x = jnp.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="reflect")
+    dn = ("NHWC", "HWIO", "NHWC")
+    x = jax.lax.conv_general_dilated(x, taps.reshape(-1, 1, 1, 1), (1, 1), "VALID", dimension_numbers=dn)
+    return jax.lax.conv_general_dilated(x, taps.reshape(1, -1, 1, 1), (1, 1), "VALID", dimension_numbers=dn)
 
 
 def min_image_size(*, n_layers: int, num_scales: int) -> int:

@@ -46,7 +46,8 @@ class DGM(Method):
         if config.image_size % 2**g.n_down:
             raise ConfigError(f"image_size={config.image_size} must be divisible by 2^model.generator.n_down")
         self.generator = models.Generator(g.dim, g.n_down, g.n_res, g.mlp_dim, g.residue_res_norm, dtype, g.remat)
-        self.discriminator = models.MultiScaleDiscriminator(d.dim, d.n_layers, d.num_scales, dtype, d.init_std)
+        self.discriminator = models.MultiScaleDiscriminator(d.dim, d.n_layers, d.num_scales, dtype, d.init_std,
+                                                            d.input_blur)
         ae = config.model.ae
         self.autoencoder = models.AutoEncoder(ae.dim, ae.n_down, ae.latent, dtype) if ae.enabled else None
         if ae.enabled and config.image_size % 2**ae.n_down:

@@ -108,3 +108,17 @@ def test_remat_keeps_parameters_and_gradients_and_stores_less():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert flops[True] > 1.1 * flops[False]  # The forward pass runs again inside the backward pass ...
     assert temp[True] < 0.75 * temp[False]  # ... instead of keeping every block's activations.
+
+
+@pytest.mark.parametrize("sigma", [1.0, 1.5])
+def test_discriminator_input_blur_is_scipys_gaussian(sigma):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    z = RNG.uniform(-1, 1, (2, 20, 17, 1))
+    expected = np.stack([ndimage.gaussian_filter(a, sigma, mode="mirror", truncate=3.0) for a in z[..., 0]])
+    np.testing.assert_allclose(dgm.gaussian_blur(jnp.asarray(z, jnp.float32), sigma)[..., 0], expected, atol=1e-5)
+    d = dgm.MultiScaleDiscriminator(dim=8, n_layers=3, num_scales=1, input_blur=sigma)
+    v = d.init(jax.random.key(1), jnp.asarray(z[:, :16, :16], jnp.float32))
+    blurred = dgm.gaussian_blur(jnp.asarray(z[:, :16, :16], jnp.float32), sigma)
+    plain = dgm.MultiScaleDiscriminator(dim=8, n_layers=3, num_scales=1)  # Same weights, no blur of its own.
+    np.testing.assert_allclose(d.apply(v, jnp.asarray(z[:, :16, :16], jnp.float32))[0], plain.apply(v, blurred)[0],
+                               atol=1e-6)
