@@ -23,6 +23,8 @@ import sys
 
 import numpy as np
 
+from cxr_jax import metrics
+
 STRUCTURES = ("left_lung", "right_lung", "heart", "clavicles")
 
 
@@ -56,8 +58,7 @@ def run_cell(workdir: pathlib.Path, args: list[str], steps: int) -> dict:
 def _final(history: pathlib.Path, steps: int) -> dict | None:
     if not history.is_file():
         return None
-    rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
-    return next((r for r in rows if r.get("step") == steps), None)
+    return next((r for r in metrics.read_jsonl(history) if r.get("step") == steps), None)
 
 
 def summarise(cells: dict) -> dict:
