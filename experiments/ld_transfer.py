@@ -44,7 +44,7 @@ def run_cell(workdir: pathlib.Path, args: list[str], steps: int) -> dict:
     if not _final(history, steps):
         log = workdir.with_suffix(".log")
         log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as out:
+        with log.open("a") as out:  # Appended: a second sweep over a running cell must not wipe its log.
             code = subprocess.call(["cxr-jax", "train", "--workdir", str(workdir), *args], stdout=out,
                                    stderr=subprocess.STDOUT)
         if code:
