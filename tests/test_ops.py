@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from jax.test_util import check_grads
 
-from cxr_jax.ops import l2_normalize
+from cxr_jax.ops import l2_normalize, leaky_relu, relu
 
 
 def test_l2_normalize_matches_numpy_and_has_finite_gradients_at_zero():
@@ -15,3 +17,20 @@ def test_l2_normalize_matches_numpy_and_has_finite_gradients_at_zero():
     grad = jax.grad(lambda v: jnp.sum(l2_normalize(v) * jnp.arange(8.0)))(jnp.asarray(x))
     assert np.isfinite(grad).all()  # At the zero row: 1/eps per unit of upstream gradient, as torch's.
     np.testing.assert_allclose(grad[2], np.arange(8.0) / 1e-12, rtol=1e-6)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("ours, theirs", [(relu, jax.nn.relu), (lambda v: leaky_relu(v, 0.2),
+                                                                 lambda v: jax.nn.leaky_relu(v, 0.2))])
+def test_relus_and_their_gradients_match_jax_nn(ours, theirs, jit):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 5, 3)).astype(np.float32)).at[0, 0, 0].set(0.0)
+    w = jnp.arange(x.size, dtype=jnp.float32).reshape(x.shape)
+
+    def grad(f):
+        g = jax.grad(lambda v: jnp.sum(f(v) * w))
+        return jax.jit(g) if jit else g
+
+    np.testing.assert_array_equal(ours(x), theirs(x))
+    np.testing.assert_array_equal(grad(ours)(x), grad(theirs)(x))  # Also at x = 0 (relu 0, leaky_relu 1).
+    away = jnp.where(x >= 0, x + 0.1, x - 0.1)  # Away from the kink.
+    check_grads(ours, (away,), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)

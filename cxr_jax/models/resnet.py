@@ -12,6 +12,7 @@ from functools import partial
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cxr_jax import ops
 from cxr_jax.models import layers
 
 
@@ -34,11 +35,11 @@ class BasicBlock(nn.Module):
         """NHWC in, NHWC out (spatially / strides)."""
         conv, norm = _layers(self.dtype, train)
         residual = x
-        y = nn.relu(norm()(conv(self.features, (3, 3), self.strides, padding=1)(x)))
+        y = ops.relu(norm()(conv(self.features, (3, 3), self.strides, padding=1)(x)))
         y = norm(scale_init=nn.initializers.zeros)(conv(self.features, (3, 3), padding=1)(y))
         if residual.shape != y.shape:
             residual = norm()(conv(self.features, (1, 1), self.strides)(residual))
-        return nn.relu(y + residual)
+        return ops.relu(y + residual)
 
 
 class Bottleneck(nn.Module):
@@ -54,12 +55,12 @@ class Bottleneck(nn.Module):
         """NHWC in, NHWC out with 4 × features channels."""
         conv, norm = _layers(self.dtype, train)
         residual = x
-        y = nn.relu(norm()(conv(self.features, (1, 1))(x)))
-        y = nn.relu(norm()(conv(self.features, (3, 3), self.strides, padding=1)(y)))
+        y = ops.relu(norm()(conv(self.features, (1, 1))(x)))
+        y = ops.relu(norm()(conv(self.features, (3, 3), self.strides, padding=1)(y)))
         y = norm(scale_init=nn.initializers.zeros)(conv(self.features * 4, (1, 1))(y))
         if residual.shape != y.shape:
             residual = norm()(conv(self.features * 4, (1, 1), self.strides)(residual))
-        return nn.relu(y + residual)
+        return ops.relu(y + residual)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -80,7 +81,7 @@ class ResNet(nn.Module):
         block = BLOCKS[self.block]
         conv, norm = _layers(self.dtype, train)
         x = norm(name="bn1")(conv(self.width, (7, 7), 2, padding=3, name="conv1")(x))
-        x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        x = nn.max_pool(ops.relu(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for i, size in enumerate(self.stage_sizes):
             for j in range(size):
                 strides = 2 if i > 0 and j == 0 else 1

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cxr_jax import ops
 from cxr_jax.models.layers import BatchNorm, Conv
 
 # Channels per conv; 'M' is a 2×2 max-pool (the official `vgg16_bn_tiny`, without its final pool).
@@ -34,7 +35,7 @@ class ConvBNReLU(nn.Module):
         """[B, H, W, C_in] → [B, H, W, features]; `train` uses and updates the batch statistics."""
         x = Conv(self.features, (3, 3), padding=1, kernel_init=KAIMING_FAN_OUT, dtype=self.dtype)(x)
         x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x)
-        return nn.relu(x)
+        return ops.relu(x)
 
 
 def conv_block(remat: bool) -> type[nn.Module]:
