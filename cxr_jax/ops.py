@@ -60,35 +60,24 @@ def _broadcast_bwd(shape, per_example, _, g):
 channel_broadcast.defvjp(_broadcast_fwd, _broadcast_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
-    """`jax.nn.leaky_relu` (`relu` with slope 0), whose gradient is taken once, from the output.
+@jax.custom_vjp
+def relu(x: jax.Array) -> jax.Array:
+    """`jax.nn.relu`, whose gradient is taken once, from the output.
 
     Autodiff's gradient re-derives the mask from the input, which XLA:CPU recomputes (a normalisation, an add)
     inside every consumer of the gradient; here the masked gradient is computed once and kept.
     """
-    return _leaky(x, negative_slope)
+    return jnp.maximum(x, 0)
 
 
-def _leaky(x, slope):
-    return jnp.maximum(x, 0) if slope == 0 else jnp.where(x >= 0, x, slope * x)
-
-
-def _leaky_fwd(x, slope):
-    y = _leaky(x, slope)
+def _relu_fwd(x):
+    y = jnp.maximum(x, 0)
     return y, y
 
 
-def _leaky_bwd(slope, y, g):
-    # The sign of y is the sign of x; at 0 the gradient is jax.nn's: 0 for relu, 1 for leaky_relu.
-    keep = y > 0 if slope == 0 else y >= 0
-    dx = jnp.where(keep, g, slope * g if slope else jnp.zeros_like(g))
+def _relu_bwd(y, g):
+    dx = jnp.where(y > 0, g, jnp.zeros_like(g))  # 0 at x = 0, as jax.nn.relu.
     return (jax.lax.optimization_barrier(dx) if jax.default_backend() == "cpu" else dx,)
 
 
-leaky_relu.defvjp(_leaky_fwd, _leaky_bwd)
-
-
-def relu(x: jax.Array) -> jax.Array:
-    """`jax.nn.relu` with `leaky_relu`'s gradient (computed once, from the output)."""
-    return leaky_relu(x, 0.0)
+relu.defvjp(_relu_fwd, _relu_bwd)
