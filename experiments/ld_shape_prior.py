@@ -11,6 +11,8 @@ this prints, as mean Dice with a 95 % bootstrap interval over images:
   hardly depends on the image); `truth_vs_other_images`: the same for the true masks (how much lungs vary);
 - `oracle_placed_mean`: the prior's mean shape scaled and shifted to fit each true mask best, an upper bound
   on what placing the average shape per image could give;
+- `mean_placed_on_channel0`: the prior's mean shape placed (same grid) where it best fits channel 0, which
+  never looks at the truth: the average shape, with channel 0 only telling where it goes;
 - `cluster_union`: the union of LD's clusters (each pixel's most likely one) that best covers the lungs,
   chosen greedily on jsrt train: the image evidence the prior has to work with.
 
@@ -86,6 +88,13 @@ def oracle_placed(prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.array([dice(maps, np.broadcast_to(t, maps.shape)).max() for t in truth])
 
 
+def placed_on(prob: np.ndarray, evidence: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Dice against `truth` of the placement of `prob` that best fits each image's `evidence` mask: [N]."""
+    maps = placements(prob)
+    best = [maps[dice(maps, np.broadcast_to(e, maps.shape)).argmax()] for e in evidence]
+    return dice(np.stack(best), truth)
+
+
 def set_report(channels: np.ndarray, truth: np.ndarray, *, prior_mean: np.ndarray, train_mean: np.ndarray,
                chosen: list[int]) -> dict:
     """The numbers of one set from the run's cluster probabilities [N, S, S, K] and true masks [N, S, S]."""
@@ -100,6 +109,7 @@ def set_report(channels: np.ndarray, truth: np.ndarray, *, prior_mean: np.ndarra
         "channel0_vs_other_images": interval(cross_dice(ch0, truth)),
         "truth_vs_other_images": interval(cross_dice(truth, truth)),
         "oracle_placed_mean": interval(oracle_placed(prior_mean, truth)),
+        "mean_placed_on_channel0": interval(placed_on(prior_mean, ch0, truth)),
         "channel0_area_over_truth": round(float(ch0.sum() / truth.sum()), 3),
     }
 

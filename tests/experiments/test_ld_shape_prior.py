@@ -44,3 +44,11 @@ def test_interval_brackets_the_mean():
     mean, low, high = shape_prior.interval(np.array([0.2, 0.4, 0.6, 0.8]))
     assert mean == pytest.approx(0.5) and low < mean < high
     assert shape_prior.interval(np.full(5, 0.7)) == [0.7, 0.7, 0.7]
+
+
+def test_placement_on_evidence_uses_only_the_evidence():
+    prob = _disc().astype(np.float32)
+    truth = np.roll(_disc(), (4, -6), (0, 1))[None]
+    assert shape_prior.placed_on(prob, truth, truth)[0] == pytest.approx(1.0)
+    wrong = np.roll(_disc(), (-6, 6), (0, 1))[None]  # Evidence elsewhere: the shape goes there, not to the truth.
+    assert shape_prior.placed_on(prob, wrong, truth)[0] < 0.5
