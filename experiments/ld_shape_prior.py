@@ -29,10 +29,10 @@ import json
 import pathlib
 import sys
 
+import ml_collections
 import numpy as np
 from scipy import ndimage
 
-from configs import common
 from cxr_jax import parallel, runs
 from cxr_jax.data import sources
 from cxr_jax.methods.segment import evaluate as seg_eval
@@ -40,6 +40,14 @@ from cxr_jax.methods.segment import evaluate as seg_eval
 SETS = {"jsrt_valid": ("jsrt", "valid"), "covid": ("covid", "all"), "openist": ("openist", "all")}
 SHIFTS = tuple(range(-12, 13, 2))  # Model pixels (128 px images).
 SCALES = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2)
+
+
+def spec_for(eval_spec: ml_collections.ConfigDict, root: str, source: str, split: str) -> ml_collections.ConfigDict:
+    """The run's `data.eval` spec pointed at all of `split` of `root/source`."""
+    spec = ml_collections.ConfigDict(eval_spec.to_dict())
+    spec.source, spec.path, spec.split, spec.num_examples, spec.patient_split = (
+        source, str(pathlib.Path(root) / source), split, 0, False)
+    return spec
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -119,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="a finished `configs/ld.py:shape` run")
     parser.add_argument("--checkpoint", default="latest", help="latest, best or a step")
+    parser.add_argument("--data-root", default="../shared/data", help="where jsrt, covid and openist are")
     parser.add_argument("--out", type=pathlib.Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     mesh = parallel.make_mesh()
@@ -126,8 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     config, method, state, step = runs.restore_run(args.workdir, "ld", needed="ld", mesh=mesh, which=which)
 
     def load(source: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-        spec = common.data_spec(source, split)
-        common.shared(spec, source, split)
+        spec = spec_for(config.data.eval, args.data_root, source, split)
         data = sources.with_masks(sources.load(spec, image_size=config.image_size, seed=0), ("lungs",), spec)
         probs, rows = runs.predict(method, state, {"image": data["image"]}, mesh,
                                    fn=lambda s, b: method.predict(s, b)["assignment"])
