@@ -7,8 +7,9 @@ this prints, as mean Dice with a 95 % bootstrap interval over images:
 
 - `channel0`: the run's answer (`shape_dice_lungs` of `evaluate`); `mean_of_prior_masks`: its baseline;
   `mean_of_jsrt_train_masks`: the same from all of jsrt train's masks;
-- `channel0_vs_other_images`: channel 0 scored against the *other* images' masks (near `channel0`: it
-  hardly depends on the image); `truth_vs_other_images`: the same for the true masks (how much lungs vary);
+- `channel0_vs_other_images`: channel 0 scored against the *other* images' masks (the further below
+  `channel0`, the more channel 0 follows its own image); `truth_vs_other_images`: the same for the true
+  masks (how much lungs vary);
 - `oracle_placed_mean`: the prior's mean shape scaled and shifted to fit each true mask best, an upper bound
   on what placing the average shape per image could give;
 - `mean_placed_on_channel0`: the prior's mean shape placed (same grid) where it best fits channel 0, which
@@ -33,7 +34,7 @@ import ml_collections
 import numpy as np
 from scipy import ndimage
 
-from cxr_jax import parallel, runs
+from cxr_jax import parallel, runs, stats
 from cxr_jax.data import sources
 from cxr_jax.methods.segment import evaluate as seg_eval
 
@@ -55,11 +56,9 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return seg_eval.dice_scores(pred[..., None], truth[..., None])[:, 0]
 
 
-def interval(values: np.ndarray, num_resamples: int = 2000) -> list[float]:
-    """[mean, low, high]: the mean and its 95 % bootstrap interval over images."""
-    rng = np.random.default_rng(0)
-    means = values[rng.integers(0, len(values), (num_resamples, len(values)))].mean(axis=1)
-    return [round(float(v), 3) for v in (values.mean(), *np.quantile(means, (0.025, 0.975)))]
+def interval(values: np.ndarray, *, cfg: ml_collections.ConfigDict) -> list[float]:
+    """[mean, low, high]: the mean and its 95 % bootstrap interval over images (`cfg`: the run's `bootstrap`)."""
+    return [round(float(v), 3) for v in (values.mean(), *stats.mean_interval(values, cfg=cfg))]
 
 
 def cross_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -90,34 +89,32 @@ def placements(prob: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
-def oracle_placed(prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Each truth's best Dice over `placements(prob)`: [N]."""
-    maps = placements(prob)
+def oracle_placed(maps: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Each truth's best Dice over the candidate masks `maps` (`placements`): [N]."""
     return np.array([dice(maps, np.broadcast_to(t, maps.shape)).max() for t in truth])
 
 
-def placed_on(prob: np.ndarray, evidence: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Dice against `truth` of the placement of `prob` that best fits each image's `evidence` mask: [N]."""
-    maps = placements(prob)
+def placed_on(maps: np.ndarray, evidence: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Dice against `truth` of the candidate mask in `maps` that best fits each image's `evidence` mask: [N]."""
     best = [maps[dice(maps, np.broadcast_to(e, maps.shape)).argmax()] for e in evidence]
     return dice(np.stack(best), truth)
 
 
 def set_report(channels: np.ndarray, truth: np.ndarray, *, prior_mean: np.ndarray, train_mean: np.ndarray,
-               chosen: list[int]) -> dict:
+               chosen: list[int], cfg: ml_collections.ConfigDict) -> dict:
     """The numbers of one set from the run's cluster probabilities [N, S, S, K] and true masks [N, S, S]."""
     ch0 = channels[..., 0] > 0.5
-    n = len(truth)
+    maps = placements(prior_mean)
     return {
-        "num_images": n,
-        "channel0": interval(dice(ch0, truth)),
-        "mean_of_prior_masks": interval(dice(np.broadcast_to(prior_mean > 0.5, truth.shape), truth)),
-        "mean_of_jsrt_train_masks": interval(dice(np.broadcast_to(train_mean > 0.5, truth.shape), truth)),
-        "cluster_union": interval(dice(np.isin(channels.argmax(-1), chosen), truth)),
-        "channel0_vs_other_images": interval(cross_dice(ch0, truth)),
-        "truth_vs_other_images": interval(cross_dice(truth, truth)),
-        "oracle_placed_mean": interval(oracle_placed(prior_mean, truth)),
-        "mean_placed_on_channel0": interval(placed_on(prior_mean, ch0, truth)),
+        "num_images": len(truth),
+        "channel0": interval(dice(ch0, truth), cfg=cfg),
+        "mean_of_prior_masks": interval(dice(np.broadcast_to(prior_mean > 0.5, truth.shape), truth), cfg=cfg),
+        "mean_of_jsrt_train_masks": interval(dice(np.broadcast_to(train_mean > 0.5, truth.shape), truth), cfg=cfg),
+        "cluster_union": interval(dice(np.isin(channels.argmax(-1), chosen), truth), cfg=cfg),
+        "channel0_vs_other_images": interval(cross_dice(ch0, truth), cfg=cfg),
+        "truth_vs_other_images": interval(cross_dice(truth, truth), cfg=cfg),
+        "oracle_placed_mean": interval(oracle_placed(maps, truth), cfg=cfg),
+        "mean_placed_on_channel0": interval(placed_on(maps, ch0, truth), cfg=cfg),
         "channel0_area_over_truth": round(float(ch0.sum() / truth.sum()), 3),
     }
 
@@ -149,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (source, split) in SETS.items():
         channels, truth = load(source, split)
         result[name] = set_report(channels, truth, prior_mean=prior_mean, train_mean=train_truth.mean(axis=0),
-                                  chosen=chosen)
+                                  chosen=chosen, cfg=config.bootstrap)
         print(name, json.dumps(result[name]), file=sys.stderr, flush=True)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -3,6 +3,7 @@
 import importlib.util
 import pathlib
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -28,7 +29,7 @@ def test_oracle_placement_recovers_a_shifted_and_scaled_shape():
     prob = _disc().astype(np.float32)
     shifted = np.roll(_disc(), (4, -6), (0, 1))
     bigger = _disc(radius=13.2)  # 1.1 × the radius.
-    best = shape_prior.oracle_placed(prob, np.stack([shifted, bigger]))
+    best = shape_prior.oracle_placed(shape_prior.placements(prob), np.stack([shifted, bigger]))
     assert best[0] == pytest.approx(1.0) and best[1] > 0.97
     unplaced = shape_prior.dice(np.broadcast_to(prob > 0.5, (1, 64, 64)), shifted[None])[0]
     assert unplaced < 0.8
@@ -41,14 +42,16 @@ def test_cross_dice_scores_only_other_images():
 
 
 def test_interval_brackets_the_mean():
-    mean, low, high = shape_prior.interval(np.array([0.2, 0.4, 0.6, 0.8]))
+    cfg = ml_collections.ConfigDict(dict(num_resamples=2000, seed=0))
+    mean, low, high = shape_prior.interval(np.array([0.2, 0.4, 0.6, 0.8]), cfg=cfg)
     assert mean == pytest.approx(0.5) and low < mean < high
-    assert shape_prior.interval(np.full(5, 0.7)) == [0.7, 0.7, 0.7]
+    assert shape_prior.interval(np.full(5, 0.7), cfg=cfg) == [0.7, 0.7, 0.7]
 
 
 def test_placement_on_evidence_uses_only_the_evidence():
     prob = _disc().astype(np.float32)
     truth = np.roll(_disc(), (4, -6), (0, 1))[None]
-    assert shape_prior.placed_on(prob, truth, truth)[0] == pytest.approx(1.0)
+    maps = shape_prior.placements(prob)
+    assert shape_prior.placed_on(maps, truth, truth)[0] == pytest.approx(1.0)
     wrong = np.roll(_disc(), (-6, 6), (0, 1))[None]  # Evidence elsewhere: the shape goes there, not to the truth.
-    assert shape_prior.placed_on(prob, wrong, truth)[0] < 0.5
+    assert shape_prior.placed_on(maps, wrong, truth)[0] < 0.5
