@@ -72,6 +72,11 @@ def _base() -> ml_collections.ConfigDict:
     c.shape.critic_learning_rate = 0.05  # × the network's rate (the official critic's).
     c.shape.critic_slope = 0.2  # LeakyReLU slope; the official `nn.LeakyReLU(True)` is slope 1 (linear).
     c.shape.r1 = 0.0  # γ of the critic's R1 penalty on real masks (γ/2 · E‖∇D‖²); 0: none, as the official.
+    # `shape_placed_dice_<structure>`: the prior's mean shape scaled (these factors) and shifted (±max_shift of the
+    # side, shift_steps each way) to where it best fits channel 0 (`methods/ld/placement.py`).
+    c.shape.place_scales = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2)
+    c.shape.place_max_shift = 0.1
+    c.shape.place_shift_steps = 6
 
     # The official X-ray pre-training code's ranges (Chen et al. 2023); crops keep the input's size.
     c.augment = ml_collections.ConfigDict(dict(

@@ -10,17 +10,18 @@ this prints, as mean Dice with a 95 % bootstrap interval over images:
 - `channel0_vs_other_images`: channel 0 scored against the *other* images' masks (the further below
   `channel0`, the more channel 0 follows its own image); `truth_vs_other_images`: the same for the true
   masks (how much lungs vary);
-- `oracle_placed_mean`: the prior's mean shape scaled and shifted to fit each true mask best, an upper bound
-  on what placing the average shape per image could give;
-- `mean_placed_on_channel0`: the prior's mean shape placed (same grid) where it best fits channel 0, which
-  never looks at the truth: the average shape, with channel 0 only telling where it goes;
+- `oracle_placed_mean`: the prior's mean shape scaled and shifted (the run's `shape.place_*` grid) to fit
+  each true mask best, an upper bound on what placing the average shape per image could give;
+- `mean_placed_on_channel0`: the prior's mean shape placed on the same grid where it best fits channel 0
+  (`shape_placed_dice_<structure>` of `evaluate`, `methods/ld/placement.py`), which never looks at the truth;
 - `cluster_union`: the union of LD's clusters (each pixel's most likely one) that best covers the lungs,
   chosen greedily on jsrt train: the image evidence the prior has to work with.
 
     python experiments/ld_shape_prior.py --workdir workdirs/ld_shape --out docs/ld_shape_prior.json
 
 Sets: jsrt valid (the reported split), and covid (every image with a lung mask) and openist, whose lungs are
-placed less like jsrt's.
+placed less like jsrt's; and jsrt train without the prior's masks (`jsrt_train`), where the placement was checked
+before it became part of `evaluate`.
 """
 
 from __future__ import annotations
@@ -32,15 +33,14 @@ import sys
 
 import ml_collections
 import numpy as np
-from scipy import ndimage
 
 from cxr_jax import parallel, runs, stats
 from cxr_jax.data import sources
+from cxr_jax.methods.ld import placement
 from cxr_jax.methods.segment import evaluate as seg_eval
 
-SETS = {"jsrt_valid": ("jsrt", "valid"), "covid": ("covid", "all"), "openist": ("openist", "all")}
-SHIFTS = tuple(range(-12, 13, 2))  # Model pixels (128 px images).
-SCALES = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2)
+SETS = {"jsrt_train": ("jsrt", "train"), "jsrt_valid": ("jsrt", "valid"), "covid": ("covid", "all"),
+        "openist": ("openist", "all")}
 
 
 def spec_for(eval_spec: ml_collections.ConfigDict, root: str, source: str, split: str) -> ml_collections.ConfigDict:
@@ -79,32 +79,14 @@ def greedy_union(labels: np.ndarray, truth: np.ndarray, num_clusters: int) -> tu
     return chosen, best
 
 
-def placements(prob: np.ndarray) -> np.ndarray:
-    """The mean shape (> 0.5) scaled about the image centre and shifted: [len(SCALES)·len(SHIFTS)², S, S]."""
-    centre = (prob.shape[0] - 1) / 2
-    out = []
-    for s in SCALES:
-        m = ndimage.affine_transform(prob, np.eye(2) / s, offset=centre - centre / s, order=1) > 0.5
-        out += [np.roll(m, (dy, dx), (0, 1)) for dy in SHIFTS for dx in SHIFTS]
-    return np.stack(out)
-
-
-def oracle_placed(maps: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Each truth's best Dice over the candidate masks `maps` (`placements`): [N]."""
-    return np.array([dice(maps, np.broadcast_to(t, maps.shape)).max() for t in truth])
-
-
-def placed_on(maps: np.ndarray, evidence: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Dice against `truth` of the candidate mask in `maps` that best fits each image's `evidence` mask: [N]."""
-    best = [maps[dice(maps, np.broadcast_to(e, maps.shape)).argmax()] for e in evidence]
-    return dice(np.stack(best), truth)
-
-
 def set_report(channels: np.ndarray, truth: np.ndarray, *, prior_mean: np.ndarray, train_mean: np.ndarray,
-               chosen: list[int], cfg: ml_collections.ConfigDict) -> dict:
+               chosen: list[int], config: ml_collections.ConfigDict) -> dict:
     """The numbers of one set from the run's cluster probabilities [N, S, S, K] and true masks [N, S, S]."""
     ch0 = channels[..., 0] > 0.5
-    maps = placements(prior_mean)
+    grid = config.shape
+    maps = placement.candidates(prior_mean, scales=grid.place_scales, max_shift=grid.place_max_shift,
+                                shift_steps=grid.place_shift_steps)
+    cfg = config.bootstrap
     return {
         "num_images": len(truth),
         "channel0": interval(dice(ch0, truth), cfg=cfg),
@@ -113,8 +95,8 @@ def set_report(channels: np.ndarray, truth: np.ndarray, *, prior_mean: np.ndarra
         "cluster_union": interval(dice(np.isin(channels.argmax(-1), chosen), truth), cfg=cfg),
         "channel0_vs_other_images": interval(cross_dice(ch0, truth), cfg=cfg),
         "truth_vs_other_images": interval(cross_dice(truth, truth), cfg=cfg),
-        "oracle_placed_mean": interval(oracle_placed(maps, truth), cfg=cfg),
-        "mean_placed_on_channel0": interval(placed_on(maps, ch0, truth), cfg=cfg),
+        "oracle_placed_mean": interval(dice(placement.place(maps, truth), truth), cfg=cfg),
+        "mean_placed_on_channel0": interval(dice(placement.place(maps, ch0), truth), cfg=cfg),
         "channel0_area_over_truth": round(float(ch0.sum() / truth.sum()), 3),
     }
 
@@ -138,15 +120,18 @@ def main(argv: list[str] | None = None) -> dict:
                                    fn=lambda s, b: method.predict(s, b)["assignment"])
         return np.asarray(probs)[np.argsort(rows)], data["masks"][..., 0].astype(bool)
 
-    prior_mean = np.asarray(method.shape_masks()[..., 0], np.float32).mean(axis=0)
+    prior = np.asarray(method.shape_masks()[..., 0]).astype(bool)
+    prior_mean = prior.mean(axis=0, dtype=np.float32)
     train_channels, train_truth = load("jsrt", "train")
     chosen, train_dice = greedy_union(train_channels.argmax(-1), train_truth, train_channels.shape[-1])
     result = {"workdir": str(args.workdir), "step": int(step), "clusters_chosen_on_jsrt_train": chosen,
               "cluster_union_dice_jsrt_train": round(train_dice, 3)}
+    unseen = ~np.array([any(np.array_equal(t, m) for m in prior) for t in train_truth])
+    sets = {"jsrt_train": (train_channels[unseen], train_truth[unseen])}
     for name, (source, split) in SETS.items():
-        channels, truth = load(source, split)
+        channels, truth = sets[name] if name in sets else load(source, split)
         result[name] = set_report(channels, truth, prior_mean=prior_mean, train_mean=train_truth.mean(axis=0),
-                                  chosen=chosen, cfg=config.bootstrap)
+                                  chosen=chosen, config=config)
         print(name, json.dumps(result[name]), file=sys.stderr, flush=True)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

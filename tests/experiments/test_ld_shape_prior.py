@@ -1,4 +1,4 @@
-"""experiments/ld_shape_prior.py: the cluster union, the other-image Dice and the oracle placement."""
+"""experiments/ld_shape_prior.py: the cluster union, the other-image Dice and the placements of one set."""
 
 import importlib.util
 import pathlib
@@ -25,16 +25,6 @@ def test_greedy_union_finds_the_clusters_that_make_the_mask():
     assert sorted(chosen) == [1, 3] and score == pytest.approx(1.0)
 
 
-def test_oracle_placement_recovers_a_shifted_and_scaled_shape():
-    prob = _disc().astype(np.float32)
-    shifted = np.roll(_disc(), (4, -6), (0, 1))
-    bigger = _disc(radius=13.2)  # 1.1 × the radius.
-    best = shape_prior.oracle_placed(shape_prior.placements(prob), np.stack([shifted, bigger]))
-    assert best[0] == pytest.approx(1.0) and best[1] > 0.97
-    unplaced = shape_prior.dice(np.broadcast_to(prob > 0.5, (1, 64, 64)), shifted[None])[0]
-    assert unplaced < 0.8
-
-
 def test_cross_dice_scores_only_other_images():
     a, b = _disc((20, 20), 8), _disc((44, 44), 8)
     assert shape_prior.cross_dice(np.stack([a, a]), np.stack([a, a])) == pytest.approx([1.0, 1.0])
@@ -48,10 +38,17 @@ def test_interval_brackets_the_mean():
     assert shape_prior.interval(np.full(5, 0.7), cfg=cfg) == [0.7, 0.7, 0.7]
 
 
-def test_placement_on_evidence_uses_only_the_evidence():
-    prob = _disc().astype(np.float32)
-    truth = np.roll(_disc(), (4, -6), (0, 1))[None]
-    maps = shape_prior.placements(prob)
-    assert shape_prior.placed_on(maps, truth, truth)[0] == pytest.approx(1.0)
-    wrong = np.roll(_disc(), (-6, 6), (0, 1))[None]  # Evidence elsewhere: the shape goes there, not to the truth.
-    assert shape_prior.placed_on(maps, wrong, truth)[0] < 0.5
+def test_set_report_places_the_mean_shape_on_channel_zero_only():
+    truth = np.stack([np.roll(_disc(), (4, -6), (0, 1)), np.roll(_disc(), (-4, 2), (0, 1))])
+    channels = np.zeros((2, 64, 64, 3), np.float32)
+    channels[..., 0] = truth
+    channels[1, ..., 0] = np.roll(truth[1], (-2, 4), (0, 1))  # Evidence off the truth: the shape follows it.
+    config = ml_collections.ConfigDict(dict(
+        shape=dict(place_scales=(0.9, 1.0, 1.1), place_max_shift=0.2, place_shift_steps=6),
+        bootstrap=dict(num_resamples=200, seed=0)))
+    report = shape_prior.set_report(channels, truth, prior_mean=_disc().astype(np.float32),
+                                    train_mean=_disc().astype(np.float32), chosen=[0], config=config)
+    placed = shape_prior.dice(np.roll(_disc(), (-6, 6), (0, 1))[None], truth[1:])[0]
+    assert report["mean_placed_on_channel0"][0] == pytest.approx((1.0 + placed) / 2, abs=1e-3)
+    assert report["oracle_placed_mean"][0] == pytest.approx(1.0)
+    assert report["mean_of_prior_masks"][0] < 0.8 and report["num_images"] == 2

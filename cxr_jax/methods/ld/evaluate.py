@@ -13,6 +13,8 @@ With the shape prior (`shape.weight` > 0), cluster channel 0 > 0.5 is a segmenta
 `shape_dice_<structure>` on the images of `data.eval` with that mask (the official test's threshold and
 hard Dice), and `shape.png` shows its outlines. Its baseline `shape_mean_mask_dice_<structure>` never looks
 at the image: the prior's own masks (`data.shape_masks`) averaged, > 0.5, the same for every image.
+`shape_placed_dice_<structure>` keeps that average shape but places it on each image where it best fits
+channel 0 (`placement.py`): the prior's shape, LD's position.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from cxr_jax.config import ConfigError
 from cxr_jax.data import sources
 from cxr_jax.data.sources import fileio
 from cxr_jax.methods.ld import landmarks as lm
-from cxr_jax.methods.ld import pictures
+from cxr_jax.methods.ld import pictures, placement
 from cxr_jax.methods.segment import evaluate as segment_eval
 
 RADII = (5, 10, 20)
@@ -90,9 +92,12 @@ def shape_dice(method, state, mesh, data: dict[str, np.ndarray], outdir: pathlib
     dice = segment_eval.dice_scores(pred[..., None], truth[..., None])[:, 0]
     mean_mask = np.broadcast_to(prior.mean(axis=0) > 0.5, pred.shape)
     baseline = segment_eval.dice_scores(mean_mask[..., None], truth[..., None])[:, 0]
+    maps = placement.candidates(prior.mean(axis=0), scales=config.shape.place_scales,
+                                max_shift=config.shape.place_max_shift, shift_steps=config.shape.place_shift_steps)
+    placed = segment_eval.dice_scores(placement.place(maps, pred)[..., None], truth[..., None])[:, 0]
     name = config.shape.structure
     return {f"shape_dice_{name}": float(dice.mean()), f"shape_mean_mask_dice_{name}": float(baseline.mean()),
-            "shape_num_images": float(len(dice))}
+            f"shape_placed_dice_{name}": float(placed.mean()), "shape_num_images": float(len(dice))}
 
 
 def _channel0(method, state, batch):

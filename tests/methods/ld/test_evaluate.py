@@ -1,4 +1,4 @@
-"""LD's shape-prior score: hard Dice of cluster channel 0, and of the prior masks' mean, against the eval masks."""
+"""LD's shape-prior scores: Dice of channel 0, of the prior masks' mean, and of that mean placed on channel 0."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +7,13 @@ import numpy as np
 from cxr_jax import config as config_lib
 from cxr_jax import parallel
 from cxr_jax.methods.ld import evaluate as ld_eval
+from cxr_jax.methods.ld import placement
 from cxr_jax.methods.ld import trainer as ld
 from tests.conftest import ROOT
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
 
 
 class _MaskReader(ld.LD):
@@ -39,4 +44,9 @@ def test_shape_dice_scores_channel_zero_against_the_masks(tmp_path):
     mean_mask = prior.sum(axis=0) >= 2
     want = np.mean(2 * (mean_mask & kept).sum((1, 2)) / (mean_mask.sum() + kept.sum((1, 2))))
     np.testing.assert_allclose(result["shape_mean_mask_dice_lungs"], want, rtol=1e-6)
+    maps = placement.candidates(prior.mean(axis=0), scales=config.shape.place_scales,
+                                max_shift=config.shape.place_max_shift, shift_steps=config.shape.place_shift_steps)
+    placed = [max(maps, key=lambda m, p=p: _dice(m, p)) for p in pred]  # Fits channel 0, never the truth.
+    want = np.mean([_dice(m, k) for m, k in zip(placed, kept)])
+    np.testing.assert_allclose(result["shape_placed_dice_lungs"], want, rtol=1e-6)
     assert result["shape_num_images"] == 4 and (tmp_path / "shape.png").exists()
