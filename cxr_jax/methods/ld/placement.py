@@ -32,11 +32,15 @@ def candidates(mean_mask: np.ndarray, *, scales: Sequence[float], max_shift: flo
     return np.stack(out)
 
 
-def place(maps: np.ndarray, evidence: np.ndarray) -> np.ndarray:
-    """For each boolean evidence mask [N, S, S], the candidate of `maps` [P, S, S] with the highest Dice: [N, S, S]."""
-    flat = maps.reshape(len(maps), -1).astype(np.float32)
+def place(maps: np.ndarray, evidence: np.ndarray, *, chunk: int = 256) -> np.ndarray:
+    """For each boolean evidence mask [N, S, S], the candidate of `maps` [P, S, S] with the highest Dice: [N, S, S].
+
+    Candidates are scored `chunk` at a time (at 448 px all 1521 as floats would take 1.2 GB).
+    """
     ev = evidence.reshape(len(evidence), -1).astype(np.float32)
-    overlap = ev @ flat.T  # [N, P]
-    sizes = ev.sum(axis=1, keepdims=True) + flat.sum(axis=1)[None]
-    dice = 2 * overlap / np.maximum(sizes, 1)
+    dice = np.empty((len(evidence), len(maps)), np.float32)
+    for i in range(0, len(maps), chunk):
+        flat = maps[i:i + chunk].reshape(-1, ev.shape[1]).astype(np.float32)
+        sizes = ev.sum(axis=1, keepdims=True) + flat.sum(axis=1)[None]
+        dice[:, i:i + chunk] = 2 * (ev @ flat.T) / np.maximum(sizes, 1)
     return maps[dice.argmax(axis=1)]
