@@ -39,8 +39,7 @@ from cxr_jax.data import sources
 from cxr_jax.methods.ld import placement
 from cxr_jax.methods.segment import evaluate as seg_eval
 
-SETS = {"jsrt_train": ("jsrt", "train"), "jsrt_valid": ("jsrt", "valid"), "covid": ("covid", "all"),
-        "openist": ("openist", "all")}
+SETS = {"jsrt_valid": ("jsrt", "valid"), "covid": ("covid", "all"), "openist": ("openist", "all")}
 
 
 def spec_for(eval_spec: ml_collections.ConfigDict, root: str, source: str, split: str) -> ml_collections.ConfigDict:
@@ -127,9 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"workdir": str(args.workdir), "step": int(step), "clusters_chosen_on_jsrt_train": chosen,
               "cluster_union_dice_jsrt_train": round(train_dice, 3)}
     unseen = ~np.array([any(np.array_equal(t, m) for m in prior) for t in train_truth])
-    sets = {"jsrt_train": (train_channels[unseen], train_truth[unseen])}
-    for name, (source, split) in SETS.items():
-        channels, truth = sets[name] if name in sets else load(source, split)
+    sets = {"jsrt_train": (train_channels[unseen], train_truth[unseen])}  # Already predicted, without the prior's.
+    for name in ["jsrt_train", *SETS]:
+        channels, truth = sets[name] if name in sets else load(*SETS[name])
         result[name] = set_report(channels, truth, prior_mean=prior_mean, train_mean=train_truth.mean(axis=0),
                                   chosen=chosen, config=config)
         print(name, json.dumps(result[name]), file=sys.stderr, flush=True)

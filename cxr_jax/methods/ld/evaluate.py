@@ -90,9 +90,10 @@ def shape_dice(method, state, mesh, data: dict[str, np.ndarray], outdir: pathlib
     segment_eval.plot_overlays(images[..., 0], pred[..., None].astype(np.uint8), outdir / "shape.png",
                                structures=(config.shape.structure,))
     dice = segment_eval.dice_scores(pred[..., None], truth[..., None])[:, 0]
-    mean_mask = np.broadcast_to(prior.mean(axis=0) > 0.5, pred.shape)
+    prior_mean = prior.mean(axis=0)
+    mean_mask = np.broadcast_to(prior_mean > 0.5, pred.shape)
     baseline = segment_eval.dice_scores(mean_mask[..., None], truth[..., None])[:, 0]
-    maps = placement.candidates(prior.mean(axis=0), scales=config.shape.place_scales,
+    maps = placement.candidates(prior_mean, scales=config.shape.place_scales,
                                 max_shift=config.shape.place_max_shift, shift_steps=config.shape.place_shift_steps)
     placed = segment_eval.dice_scores(placement.place(maps, pred)[..., None], truth[..., None])[:, 0]
     name = config.shape.structure
