@@ -82,9 +82,7 @@ def set_report(channels: np.ndarray, truth: np.ndarray, *, prior_mean: np.ndarra
                chosen: list[int], config: ml_collections.ConfigDict) -> dict:
     """The numbers of one set from the run's cluster probabilities [N, S, S, K] and true masks [N, S, S]."""
     ch0 = channels[..., 0] > 0.5
-    grid = config.shape
-    maps = placement.candidates(prior_mean, scales=grid.place_scales, max_shift=grid.place_max_shift,
-                                shift_steps=grid.place_shift_steps)
+    maps = placement.candidates_for(prior_mean, config.shape)
     cfg = config.bootstrap
     return {
         "num_images": len(truth),

@@ -93,8 +93,7 @@ def shape_dice(method, state, mesh, data: dict[str, np.ndarray], outdir: pathlib
     prior_mean = prior.mean(axis=0)
     mean_mask = np.broadcast_to(prior_mean > 0.5, pred.shape)
     baseline = segment_eval.dice_scores(mean_mask[..., None], truth[..., None])[:, 0]
-    maps = placement.candidates(prior_mean, scales=config.shape.place_scales,
-                                max_shift=config.shape.place_max_shift, shift_steps=config.shape.place_shift_steps)
+    maps = placement.candidates_for(prior_mean, config.shape)
     placed = segment_eval.dice_scores(placement.place(maps, pred)[..., None], truth[..., None])[:, 0]
     name = config.shape.structure
     return {f"shape_dice_{name}": float(dice.mean()), f"shape_mean_mask_dice_{name}": float(baseline.mean()),

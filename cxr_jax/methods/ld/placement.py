@@ -32,6 +32,12 @@ def candidates(mean_mask: np.ndarray, *, scales: Sequence[float], max_shift: flo
     return np.stack(out)
 
 
+def candidates_for(mean_mask: np.ndarray, shape_config) -> np.ndarray:
+    """`candidates` on the grid a run's config names: `shape.place_scales`, `.place_max_shift`, `.place_shift_steps`."""
+    return candidates(mean_mask, scales=shape_config.place_scales, max_shift=shape_config.place_max_shift,
+                      shift_steps=shape_config.place_shift_steps)
+
+
 def place(maps: np.ndarray, evidence: np.ndarray, *, chunk: int = 256) -> np.ndarray:
     """For each boolean evidence mask [N, S, S], the candidate of `maps` [P, S, S] with the highest Dice: [N, S, S].
 

@@ -1,5 +1,6 @@
 """The mean shape placed on channel 0: the candidate grid, and the best-Dice choice against a brute-force loop."""
 
+import ml_collections
 import numpy as np
 
 from cxr_jax.methods.ld import placement
@@ -34,3 +35,12 @@ def test_place_recovers_a_moved_shape_and_matches_a_brute_force_choice():
     evidence[:, 9:23, 7:21] |= rng.random((4, 14, 14)) < 0.9
     want = np.stack([max(maps, key=lambda m, e=e: _dice(m, e)) for e in evidence])
     np.testing.assert_array_equal(placement.place(maps, evidence, chunk=50), want)  # 243 candidates in 5 chunks.
+
+
+def test_candidates_for_reads_the_grid_from_the_config():
+    mean = np.zeros((32, 32), np.float32)
+    mean[10:22, 8:20] = 1.0
+    shape = ml_collections.ConfigDict(dict(place_scales=(0.9, 1.1), place_max_shift=2 / 32, place_shift_steps=2))
+    np.testing.assert_array_equal(placement.candidates_for(mean, shape),
+                                  placement.candidates(mean, scales=(0.9, 1.1), max_shift=2 / 32, shift_steps=2))
+    assert len(placement.candidates_for(mean, shape)) == 2 * 5 * 5
